@@ -1,0 +1,1 @@
+"""scGPT single-cell transformers as an scvi-tools plugin."""
