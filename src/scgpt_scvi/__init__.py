@@ -1,1 +1,15 @@
 """scGPT single-cell transformers as an scvi-tools plugin."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import data, module, nn
+from .data import GeneVocab
+from .model import SCGPT, SCGPTTrainingPlan
+from .module import SCGPTModule
+
+try:
+    __version__ = version("scgpt-scvi")
+except PackageNotFoundError:  # pragma: no cover
+    __version__ = "0+unknown"
+
+__all__ = ["SCGPT", "SCGPTModule", "SCGPTTrainingPlan", "GeneVocab", "data", "module", "nn"]

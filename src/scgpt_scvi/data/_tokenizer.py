@@ -35,7 +35,7 @@ class TokenizedBatch:
 
 
 def check_values(x: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming the first minibatch rows with NaN, infinite or negative values."""
+    """Raise ``ValueError`` naming minibatch rows with NaN, infinite or negative values."""
     bad = ~torch.isfinite(x) | (x < 0)
     if bad.any():
         rows = torch.nonzero(bad.any(1)).flatten()[:5].tolist()

@@ -176,7 +176,11 @@ class SCGPTModule(BaseModuleClass):
         self.use_batch_labels, self.domain_spec_batchnorm = use_batch_labels, domain_spec_batchnorm
         self.do_mvc, self.do_dab = do_mvc, do_dab
         self.explicit_zero_prob, self.ecs_threshold = explicit_zero_prob, ecs_threshold
-        self.max_seq_len, self.n_bins, self.include_zero_genes = max_seq_len, n_bins, include_zero_genes
+        self.max_seq_len, self.n_bins, self.include_zero_genes = (
+            max_seq_len,
+            n_bins,
+            include_zero_genes,
+        )
         self.mask_ratio, self.seed = mask_ratio, seed
         #: Incremented by the training plan each epoch so masking and sampling are redrawn.
         self.epoch = 0
@@ -323,9 +327,7 @@ class SCGPTModule(BaseModuleClass):
         }
 
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
-        return {
-            k: inference_outputs[k] for k in ("h", "cell_emb", "gene_embs", "batch_index")
-        }
+        return {k: inference_outputs[k] for k in ("h", "cell_emb", "gene_embs", "batch_index")}
 
     def generative(
         self,
@@ -380,8 +382,12 @@ class SCGPTModule(BaseModuleClass):
             terms["cls"] = F.cross_entropy(gen["cls_output"], labels.reshape(-1).long())
             weights["cls"] = 1.0 if cls_weight is None else cls_weight
         if cce_weight > 0:
-            h2, _ = self.encode(inf["gene_ids"], inf["values"], inf["padding_mask"], inf["batch_index"])
-            terms["cce"] = cce_loss(inf["cell_emb"], self.cell_embedding(h2, inf["values"], inf["padding_mask"]))
+            h2, _ = self.encode(
+                inf["gene_ids"], inf["values"], inf["padding_mask"], inf["batch_index"]
+            )
+            terms["cce"] = cce_loss(
+                inf["cell_emb"], self.cell_embedding(h2, inf["values"], inf["padding_mask"])
+            )
             weights["cce"] = cce_weight
         if ecs_weight > 0:
             terms["ecs"] = ecs_loss(inf["cell_emb"], self.ecs_threshold)
@@ -432,9 +438,7 @@ class SCGPTModule(BaseModuleClass):
 
 
 def _prefixed(prefix: str, head_out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {
-        f"{prefix}_output" if k == "pred" else f"{prefix}_{k}": v for k, v in head_out.items()
-    }
+    return {f"{prefix}_output" if k == "pred" else f"{prefix}_{k}": v for k, v in head_out.items()}
 
 
 def _regression(gen: dict, prefix: str, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

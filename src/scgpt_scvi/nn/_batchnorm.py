@@ -9,7 +9,7 @@ __all__ = ["DomainSpecificBatchNorm1d", "TokenBatchNorm1d"]
 
 
 def _normalise_tokens(norm, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Apply ``norm`` (a callable on ``(N, d)``) to the tokens of ``x`` ``(B, L, d)`` in ``keep``."""
+    """Apply ``norm`` (callable on ``(N, d)``) to the tokens of ``x`` ``(B, L, d)`` in ``keep``."""
     out = x.clone()
     out[keep] = norm(x[keep])
     return out
@@ -74,7 +74,8 @@ class DomainSpecificBatchNorm1d(nn.Module):
         domain = domain.reshape(-1).long()
         if domain.numel() and (domain.min() < 0 or domain.max() >= self.num_domains):
             raise ValueError(
-                f"Domain labels must lie in [0, {self.num_domains}); got {domain.unique().tolist()}."
+                f"Domain labels must lie in [0, {self.num_domains}); "
+                f"got {domain.unique().tolist()}."
             )
         keep = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if keep is None else keep
         out = x

@@ -44,7 +44,9 @@ class ExprDecoder(nn.Module):
         its modality (+ batch) embedding.
     """
 
-    def __init__(self, d_model: int, explicit_zero_prob: bool = False, use_batch_labels: bool = False):
+    def __init__(
+        self, d_model: int, explicit_zero_prob: bool = False, use_batch_labels: bool = False
+    ):
         super().__init__()
         d_in = 2 * d_model if use_batch_labels else d_model
         self.fc = _mlp3(d_in, d_model)
@@ -81,7 +83,12 @@ class AdversarialDiscriminator(ClsDecoder):
     """Batch discriminator behind gradient reversal (DAB), LeakyReLU hidden layers."""
 
     def __init__(
-        self, d_model: int, n_cls: int, nlayers: int = 3, reverse_grad: bool = True, lambd: float = 1.0
+        self,
+        d_model: int,
+        n_cls: int,
+        nlayers: int = 3,
+        reverse_grad: bool = True,
+        lambd: float = 1.0,
     ):
         super().__init__(d_model, n_cls, nlayers, activation=nn.LeakyReLU)
         self.reverse_grad, self.lambd = reverse_grad, lambd
@@ -137,7 +144,7 @@ class MVCDecoder(nn.Module):
             self.fc2_zero_logit = nn.Linear(64, 1)
 
     def forward(self, cell_emb: torch.Tensor, gene_embs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``cell_emb`` ``(B, d_in)``, ``gene_embs`` ``(B, L, d_model)`` -> ``{"pred": (B, L), ...}``."""
+        """``cell_emb`` ``(B, d_in)``, ``gene_embs`` ``(B, L, d_model)`` -> ``{"pred": (B, L)}``."""
         if self.arch_style.endswith("detach"):
             gene_embs = gene_embs.detach()
         query = torch.sigmoid(self.gene2query(gene_embs))
@@ -145,7 +152,9 @@ class MVCDecoder(nn.Module):
             c = cell_emb.unsqueeze(2)
             out = {"pred": torch.bmm(self.W(query), c).squeeze(2)}
             if self.explicit_zero_prob:
-                out["nonzero_prob"] = torch.sigmoid(torch.bmm(self.W_zero_logit(query), c).squeeze(2))
+                out["nonzero_prob"] = torch.sigmoid(
+                    torch.bmm(self.W_zero_logit(query), c).squeeze(2)
+                )
             return out
         c = cell_emb.unsqueeze(1).expand(-1, query.shape[1], -1)
         joint = torch.cat([c, query], dim=2) if self.arch_style == "concat query" else c + query

@@ -46,7 +46,7 @@ class GeneEncoder(_EmbeddingNorm):
 
 
 class BatchLabelEncoder(_EmbeddingNorm):
-    """Batch-label embedding (``batch_encoder``); also the modality encoder of the multi-omic model."""
+    """Batch-label embedding (``batch_encoder``); also the multi-omic modality encoder."""
 
 
 class CategoryValueEncoder(_EmbeddingNorm):
@@ -90,7 +90,7 @@ class ContinuousValueEncoder(nn.Module):
 
 
 class ScalingValueEncoder(nn.Module):
-    """``input_emb_style="scaling"``: no parameters; the gene embedding is multiplied by the value."""
+    """``input_emb_style="scaling"``: the gene embedding is multiplied by the value."""
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """Return ``(B, L, 1)`` multipliers."""

@@ -24,7 +24,7 @@ def masked_mse_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 def masked_nonzero_nll(
     nonzero_prob: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """Bernoulli negative log-likelihood of ``target > 0`` under ``nonzero_prob`` at masked positions.
+    """Bernoulli NLL of ``target > 0`` under ``nonzero_prob``, at masked positions.
 
     scGPT calls this ``criterion_neg_log_bernoulli`` and its input ``zero_probs``; the input is
     the probability that the value is **non-zero**.

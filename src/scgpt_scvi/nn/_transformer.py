@@ -80,9 +80,7 @@ class MultiheadSelfAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def _use_flash(self, x: torch.Tensor) -> bool:
-        return (
-            self._flash is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
-        )
+        return self._flash is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over ``x`` ``(B, L, d)``; ``padding_mask`` ``(B, L)`` is True at pads."""

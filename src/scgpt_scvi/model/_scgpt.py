@@ -1,0 +1,388 @@
+"""``SCGPT``: the user-facing scvi-tools model around :class:`~scgpt_scvi.module.SCGPTModule`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin
+from scvi.model.base._archesmixin import _get_loaded_data
+from scvi.model.base._save_load import _initialize_model
+
+from ..data import GeneVocab
+from ..module import SCGPTModule
+from ._base import SCGPTBaseMixin, as_vocab, check_expression, gene_overlap
+from ._fields import CellKeyObsField
+from ._pretrained import PretrainedMixin
+from ._training_plan import SCGPTTrainingPlan
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SCGPT"]
+
+
+class SCGPT(
+    PretrainedMixin, SCGPTBaseMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseModelClass
+):
+    """scGPT (Cui et al. 2024) as an scvi-tools model.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (raw counts or log-normalised values;
+        tokens are binned per cell, so normalisation does not change them).
+    vocab
+        Gene vocabulary: a :class:`~scgpt_scvi.data.GeneVocab`, a token -> id mapping or a
+        ``vocab.json`` path. Default: built from the registered genes.
+    d_model, nhead, d_hid, nlayers, nlayers_cls, dropout
+        Architecture (scGPT's names).
+    max_seq_len
+        Tokens per cell including ``<cls>``; cells with more expressed genes are sampled down.
+    **module_kwargs
+        Other :class:`~scgpt_scvi.module.SCGPTModule` options (``do_mvc``, ``do_dab``,
+        ``use_batch_labels``, ``domain_spec_batchnorm``, ``input_emb_style``, ``n_bins``,
+        ``cell_emb_style``, ``explicit_zero_prob``, ``ecs_threshold``, ``mask_ratio``,
+        ``pre_norm``, ``attention_backend``, ...).
+
+    Examples
+    --------
+    >>> SCGPT.setup_anndata(adata, labels_key="cell_type")
+    >>> model = SCGPT(adata, d_model=128, nlayers=4)
+    >>> model.train(max_epochs=10)
+    >>> adata.obsm["X_scgpt"] = model.get_latent_representation()
+    """
+
+    _module_cls = SCGPTModule
+    _training_plan_cls = SCGPTTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None = None,
+        d_model: int = 128,
+        nhead: int = 4,
+        d_hid: int = 128,
+        nlayers: int = 4,
+        nlayers_cls: int = 3,
+        dropout: float = 0.2,
+        max_seq_len: int = 1200,
+        **module_kwargs,
+    ):
+        super().__init__(adata)
+        genes = self._gene_names(self.adata)
+        vocab_obj = as_vocab(vocab, genes)
+        token_ids, self.gene_overlap_ = gene_overlap(genes, vocab_obj)
+        setup = self.registry_["setup_args"]
+        n_batch = self.summary_stats.n_batch
+        module_kwargs.setdefault(
+            "n_cls", self.summary_stats.n_labels if setup.get("labels_key") else 1
+        )
+        if setup.get("batch_key") is not None:
+            module_kwargs.setdefault("num_batch_labels", n_batch)
+        self.module = self._module_cls(
+            ntoken=vocab_obj.ntoken,
+            d_model=d_model,
+            nhead=nhead,
+            d_hid=d_hid,
+            nlayers=nlayers,
+            nlayers_cls=nlayers_cls,
+            dropout=dropout,
+            pad_id=vocab_obj.pad_id,
+            cls_id=vocab_obj.cls_id,
+            max_seq_len=max_seq_len,
+            gene_token_ids=torch.as_tensor(token_ids),
+            **module_kwargs,
+        )
+        self.vocab_ = vocab_obj.get_stoi()
+        self.normalize_embeddings_ = False
+        self._model_summary_string = (
+            f"SCGPT: d_model {d_model}, nlayers {nlayers}, nhead {nhead}, vocabulary "
+            f"{len(vocab_obj)} tokens, {self.gene_overlap_['n_matched']} of "
+            f"{self.gene_overlap_['n_genes']} genes tokenised, max_seq_len {max_seq_len}."
+        )
+        vocab = self.vocab_  # saved init params hold the vocabulary itself, not a path
+        self.init_params_ = self._get_init_params(locals())
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        gene_symbols_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register an AnnData for SCGPT.
+
+        Values are checked first (NaN, infinite or negative values raise an error naming the
+        cells; cells with no expressed gene give a warning), so a failing call leaves ``adata``
+        untouched. Registration adds scvi-tools' bookkeeping columns to ``obs`` and ``uns``,
+        plus ``obs['_scgpt_cell_key']`` (a hash of ``obs_names`` that seeds tokenisation).
+
+        Parameters
+        ----------
+        adata
+            AnnData with counts (or log-normalised values) in ``X`` or ``layers[layer]``;
+            dense, sparse or backed.
+        layer
+            Layer to use instead of ``X``.
+        batch_key
+            ``obs`` column of batches (enables the batch encoder, DSBN and DAB options).
+        labels_key
+            ``obs`` column of cell types (switches the CLS objective on).
+        gene_symbols_key
+            ``var`` column of gene symbols matched against the vocabulary (default:
+            ``var_names``).
+        """
+        X = adata.layers[layer] if layer is not None else adata.X
+        if gene_symbols_key is not None and gene_symbols_key not in adata.var:
+            raise KeyError(f"gene_symbols_key {gene_symbols_key!r} is not a column of adata.var.")
+        n_expressed = check_expression(X, adata.obs_names, f"layers[{layer!r}]" if layer else "X")
+        if (n_expressed == 0).any():
+            empty = adata.obs_names[n_expressed == 0]
+            warnings.warn(
+                f"{len(empty)} cells express no gene (e.g. {list(empty[:3])}); they are embedded "
+                "from <cls> alone.",
+                UserWarning,
+                stacklevel=2,
+            )
+        setup_method_args = cls._get_setup_method_args(**locals())
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
+            CellKeyObsField(),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int = 10,
+        batch_size: int = 32,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = 0.9,
+        validation_size: float | None = None,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train with scvi-tools' machinery and :class:`SCGPTTrainingPlan`.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        batch_size
+            Cells per minibatch.
+        accelerator, devices
+            Lightning device selection (``devices=2, strategy="ddp_find_unused_parameters_true"``
+            for DDP).
+        train_size, validation_size
+            Split of the cells.
+        plan_kwargs
+            :class:`SCGPTTrainingPlan` options: ``lr``, ``optimizer``, ``warmup_ratio``,
+            ``lr_schedule``, objective weights (``mlm_weight``, ``mvc_weight``, ``cls_weight``,
+            ``cce_weight``, ``ecs_weight``, ``dab_weight``).
+        **kwargs
+            Other ``UnsupervisedTrainingMixin.train`` / Lightning ``Trainer`` arguments;
+            ``gradient_clip_val`` defaults to 1.0.
+        """
+        kwargs.setdefault("gradient_clip_val", 1.0)
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            plan_kwargs=plan_kwargs,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ outputs
+    @contextlib.contextmanager
+    def _genes_of(self, adata: AnnData | None):
+        """Map ``adata``'s genes to tokens by name when they come in another order."""
+        if adata is None or adata is self.adata:
+            yield
+            return
+        ref, new = self._gene_names(self.adata), self._gene_names(adata)
+        if new.equals(ref):
+            yield
+            return
+        if len(new) != len(ref) or set(new) != set(ref):
+            raise ValueError(
+                "adata's genes differ from the genes the model was set up with; align them "
+                "with SCGPT.prepare_query_anndata(adata, model) or adata[:, model.adata.var_names]."
+            )
+        saved = self.module.gene_token_ids
+        self.module.gene_token_ids = saved[ref.get_indexer(new)]
+        try:
+            yield
+        finally:
+            self.module.gene_token_ids = saved
+
+    def _inference(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.module.inference(**self.module._get_inference_input(tensors))
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        normalize: bool | None = None,
+    ) -> np.ndarray:
+        """Cell embeddings ``(n_obs, d_model)`` (by the module's ``cell_emb_style``).
+
+        Deterministic: a cell's tokens are keyed on its name and the fixed seed, and padding
+        does not change the result, so any ``batch_size`` gives the same numbers.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the same genes (any order); default: the registered one.
+        indices
+            Cells to embed; default all.
+        batch_size
+            Cells per minibatch (default 64).
+        normalize
+            L2-normalise each embedding (what ``scgpt.tasks.embed_data`` returns). Default:
+            ``model.normalize_embeddings_`` (True for models from :meth:`from_pretrained`).
+        """
+        if normalize is None:
+            normalize = self.normalize_embeddings_
+        with self._genes_of(adata):
+            z = self._collect(lambda t: self._inference(t)["cell_emb"], adata, indices, batch_size)
+        return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12) if normalize else z
+
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        soft: bool = False,
+        batch_size: int | None = None,
+    ) -> np.ndarray | pd.DataFrame:
+        """Cell-type predictions of the CLS head.
+
+        Returns
+        -------
+        Labels (``soft=False``) or a DataFrame of class probabilities, cells x classes.
+        """
+        mapping = self._label_categories()
+
+        def probs(tensors):
+            out = self._inference(tensors)
+            return F.softmax(self.module.cls_decoder(out["cell_emb"]), dim=-1)
+
+        with self._genes_of(adata):
+            p = self._collect(probs, adata, indices, batch_size)
+        if soft:
+            obs = (adata if adata is not None else self.adata).obs_names
+            index = obs if indices is None else obs[np.asarray(indices)]
+            return pd.DataFrame(p, index=index, columns=mapping)
+        return np.asarray(mapping)[p.argmax(1)]
+
+    def _label_categories(self) -> np.ndarray:
+        if not self.registry_["setup_args"].get("labels_key") or self.module.n_cls < 2:
+            raise ValueError("predict() needs a model set up with labels_key (a CLS head).")
+        state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        return np.asarray(state.categorical_mapping)
+
+    @torch.inference_mode()
+    def get_gene_embeddings(self) -> pd.DataFrame:
+        """Context-free gene embeddings (the ``encoder`` output), genes x ``d_model``.
+
+        Rows are the registered genes that are in the vocabulary.
+        """
+        ids = self.module.gene_token_ids
+        keep = (ids >= 0).cpu().numpy()
+        emb = self.module.encoder(ids[ids >= 0].to(self.module.device)).float().cpu().numpy()
+        return pd.DataFrame(emb, index=self._gene_names(self.adata)[keep])
+
+    # ------------------------------------------------------------------ query mapping
+    @classmethod
+    def load_query_data(
+        cls,
+        adata: AnnData,
+        reference_model: str | SCGPT,
+        unfrozen: bool = False,
+        trainable: Sequence[str] = ("batch_encoder.embedding",),
+        accelerator: str = "auto",
+        device: int | str = "auto",
+        freeze_reference_batches: bool = True,
+    ) -> SCGPT:
+        """Map query data with new batches onto a trained reference (scArches style).
+
+        Works the same on scvi-tools 1.4 and 1.5: new batch categories get new rows in the
+        batch embedding (and new DSBN domains); by default only the batch embedding trains,
+        and only its new rows change.
+
+        Parameters
+        ----------
+        adata
+            Query AnnData with the reference's genes (see :meth:`prepare_query_anndata`).
+        reference_model
+            A trained :class:`SCGPT` or the folder it was saved in.
+        unfrozen
+            Train every parameter.
+        trainable
+            Parameter-name prefixes left trainable when not ``unfrozen``.
+        freeze_reference_batches
+            Keep the reference batches' embedding rows fixed.
+        """
+        from scvi.model._utils import parse_device_args
+
+        _, _, device = parse_device_args(
+            accelerator=accelerator,
+            devices=device,
+            return_device="torch",
+            validate_single_device=True,
+        )
+        attr_dict, _, ref_state, _ = _get_loaded_data(reference_model, device=device, adata=adata)
+        registry = attr_dict.pop("registry_")
+        cls.setup_anndata(
+            adata,
+            source_registry=registry,
+            extend_categories=True,
+            allow_missing_labels=True,
+            **registry["setup_args"],
+        )
+        model = _initialize_model(cls, adata, registry, attr_dict, None)
+        model.to_device(device)
+        state = model.module.state_dict()
+        n_ref_batches = None
+        for key, ref in ref_state.items():
+            new = state[key]
+            if new.shape != ref.shape:
+                if key == "batch_encoder.embedding.weight":
+                    n_ref_batches = ref.shape[0]
+                ref = torch.cat([ref.to(new.device), new[ref.shape[0] :]], dim=0)
+            state[key] = ref
+        model.module.load_state_dict(state)
+        model.module.eval()
+        if not unfrozen:
+            for name, p in model.module.named_parameters():
+                p.requires_grad = any(name.startswith(t) for t in trainable)
+            emb = getattr(getattr(model.module, "batch_encoder", None), "embedding", None)
+            if freeze_reference_batches and n_ref_batches and emb is not None:
+                row_mask = torch.ones_like(emb.weight[:, :1])
+                row_mask[:n_ref_batches] = 0
+                emb.weight.register_hook(lambda g: g * row_mask.to(g.device))
+        model.is_trained_ = False
+        return model
