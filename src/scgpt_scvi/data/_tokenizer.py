@@ -63,12 +63,13 @@ def tokenize(
     1. Genes with ``token_ids < 0`` (not in the vocabulary) are dropped.
     2. Values are binned per cell over its kept non-zero genes (``n_bins=None`` keeps them raw).
     3. The cell's non-zero genes (all kept genes with ``include_zero_genes``) are chosen; when
-       more than ``max_seq_len - 1``, a random subset of that size, in input-column order.
+       more than ``max_seq_len - 1``, a random subset of that size; tokens are ordered by
+       vocabulary id.
     4. ``<cls>`` (value ``cls_value``) goes first; rows are right-padded with ``pad_id`` /
        ``pad_value`` to the longest row of the minibatch.
 
-    Every random draw is keyed on ``(seed, cell key, column)``, so a cell's tokens do not depend
-    on the other cells in the minibatch.
+    Every random draw is keyed on ``(seed, cell key, vocabulary id)``, so a cell's tokens do not
+    depend on the other cells in the minibatch, nor on the order of the input columns.
 
     Parameters
     ----------
@@ -86,7 +87,8 @@ def tokenize(
     device = x.device
     in_vocab = (token_ids >= 0).to(device)
     x = torch.where(in_vocab, x, torch.zeros_like(x))
-    columns = torch.arange(G, device=device)
+    token_ids = token_ids.to(device)
+    columns = token_ids.clamp(min=0)
     if n_bins is not None:
         x = bin_values(x, n_bins, keyed_uniform(seed, cell_keys, columns, STREAM_TIES))
     chosen = in_vocab.expand(B, G) if include_zero_genes else x > 0
@@ -95,11 +97,12 @@ def tokenize(
     score = torch.where(chosen, score, torch.zeros_like(score))
     top = torch.topk(score, k, dim=1)
     valid = top.values > 0
-    idx = torch.where(valid, top.indices, torch.full_like(top.indices, G))
-    idx = torch.sort(idx, dim=1).values
-    valid = idx < G
+    order = torch.where(valid, token_ids[top.indices], torch.iinfo(torch.long).max)
+    order = torch.argsort(order, dim=1, stable=True)
+    valid = valid.gather(1, order)
+    idx = torch.where(valid, top.indices.gather(1, order), G)
     safe = idx.clamp(max=G - 1)
-    gene_ids = torch.where(valid, token_ids.to(device)[safe], torch.full_like(safe, pad_id))
+    gene_ids = torch.where(valid, token_ids[safe], torch.full_like(safe, pad_id))
     values = torch.where(valid, x.gather(1, safe), torch.full_like(safe, pad_value, dtype=x.dtype))
     cls_col = torch.full((B, 1), cls_id, dtype=torch.long, device=device)
     return TokenizedBatch(
@@ -120,7 +123,7 @@ def mask_values(
     """Choose MLM positions: ``floor(n * mask_ratio)`` of each cell's ``n`` gene tokens.
 
     ``<cls>`` and pads are never masked (scGPT may mask ``<cls>``). Draws are keyed on the cell
-    and the gene column, so a cell's mask does not depend on its minibatch.
+    and the gene's vocabulary id, so a cell's mask does not depend on its minibatch.
 
     Returns
     -------
@@ -129,7 +132,7 @@ def mask_values(
     eligible = ~batch.padding_mask
     eligible[:, 0] = False
     n_mask = torch.floor(eligible.sum(1).double() * mask_ratio).long()
-    u = keyed_uniform(seed, cell_keys, batch.gene_index.clamp(min=0), STREAM_MASK)
+    u = keyed_uniform(seed, cell_keys, batch.gene_ids, STREAM_MASK)
     u = torch.where(eligible, u, torch.full_like(u, 2.0))
     rank = torch.argsort(torch.argsort(u, dim=1), dim=1)
     return rank < n_mask.unsqueeze(1)

@@ -84,12 +84,9 @@ class SCGPT(
         vocab_obj = as_vocab(vocab, genes)
         token_ids, self.gene_overlap_ = gene_overlap(genes, vocab_obj)
         setup = self.registry_["setup_args"]
-        n_batch = self.summary_stats.n_batch
-        module_kwargs.setdefault(
-            "n_cls", self.summary_stats.n_labels if setup.get("labels_key") else 1
-        )
+        data_kwargs = {"n_cls": self.summary_stats.n_labels if setup.get("labels_key") else 1}
         if setup.get("batch_key") is not None:
-            module_kwargs.setdefault("num_batch_labels", n_batch)
+            data_kwargs["num_batch_labels"] = self.summary_stats.n_batch
         self.module = self._module_cls(
             ntoken=vocab_obj.ntoken,
             d_model=d_model,
@@ -102,7 +99,7 @@ class SCGPT(
             cls_id=vocab_obj.cls_id,
             max_seq_len=max_seq_len,
             gene_token_ids=torch.as_tensor(token_ids),
-            **module_kwargs,
+            **{**data_kwargs, **module_kwargs},
         )
         self.vocab_ = vocab_obj.get_stoi()
         self.normalize_embeddings_ = False

@@ -232,16 +232,21 @@ class SCGPTModule(BaseModuleClass):
         values: torch.Tensor,
         padding_mask: torch.Tensor,
         batch_index: torch.Tensor | None = None,
+        extra_embs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and values -> transformer states ``(B, L, d)`` and gene embeddings.
 
-        The gene embeddings (``encoder`` output, no context) are the MVC queries.
+        The gene embeddings (``encoder`` output, no context) are the MVC queries. ``extra_embs``
+        ``(B, L, d)``, if given, is added to the token embeddings before the transformer (e.g.
+        a modality embedding).
         """
         if self._needs_batch() and batch_index is None:
             raise ValueError("This model uses batch labels; pass batch_index.")
         gene_embs = self.encoder(gene_ids)
         v = self.value_encoder(values)
         x = gene_embs * v if self.input_emb_style == "scaling" else gene_embs + v
+        if extra_embs is not None:
+            x = x + extra_embs
         if hasattr(self, "dsbn"):
             x = self.dsbn(x, batch_index, keep=~padding_mask)
         elif hasattr(self, "bn"):
@@ -326,6 +331,28 @@ class SCGPTModule(BaseModuleClass):
             "batch_index": batch_index,
         }
 
+    def _decoder_inputs(
+        self,
+        h: torch.Tensor,
+        cell_emb: torch.Tensor,
+        gene_embs: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Inputs of the expression head and of the MVC head's cell and gene sides.
+
+        With batch labels the batch embedding is concatenated to the token states and to the
+        cell embedding. Subclasses override this to condition the decoders on more.
+        """
+        batch_emb = self._batch_emb(batch_index)
+        if batch_emb is None:
+            return h, cell_emb, gene_embs
+        per_token = batch_emb.unsqueeze(1).expand(-1, h.shape[1], -1)
+        return (
+            torch.cat([h, per_token], dim=2),
+            torch.cat([cell_emb, batch_emb], dim=1),
+            gene_embs,
+        )
+
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         return {k: inference_outputs[k] for k in ("h", "cell_emb", "gene_embs", "batch_index")}
 
@@ -336,18 +363,20 @@ class SCGPTModule(BaseModuleClass):
         gene_embs: torch.Tensor,
         batch_index: torch.Tensor | None = None,
         do_mvc: bool | None = None,
+        **conditions: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Heads: ``mlm_output`` (+ ``mlm_nonzero_prob``), ``cls_output``, ``mvc_output``
-        (+ ``mvc_nonzero_prob``) and ``dab_output`` as the module has them."""
-        batch_emb = self._batch_emb(batch_index)
-        dec_in = h
-        if batch_emb is not None:
-            dec_in = torch.cat([h, batch_emb.unsqueeze(1).expand(-1, h.shape[1], -1)], dim=2)
+        (+ ``mvc_nonzero_prob``) and ``dab_output`` as the module has them.
+
+        ``conditions`` go to :meth:`_decoder_inputs` (subclasses' extra decoder conditions).
+        """
+        dec_in, mvc_cell, mvc_genes = self._decoder_inputs(
+            h, cell_emb, gene_embs, batch_index, **conditions
+        )
         out = _prefixed("mlm", self.decoder(dec_in))
         out["cls_output"] = self.cls_decoder(cell_emb)
         if self.do_mvc and do_mvc is not False:
-            c = cell_emb if batch_emb is None else torch.cat([cell_emb, batch_emb], dim=1)
-            out.update(_prefixed("mvc", self.mvc_decoder(c, gene_embs)))
+            out.update(_prefixed("mvc", self.mvc_decoder(mvc_cell, mvc_genes)))
         if self.do_dab:
             out["dab_output"] = self.grad_reverse_discriminator(cell_emb)
         return out
@@ -415,14 +444,16 @@ class SCGPTModule(BaseModuleClass):
         CCE: bool = False,
         MVC: bool = False,
         ECS: bool = False,
+        **conditions: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """scGPT's ``TransformerModel.forward`` on ready-made tokens (the parity entry point).
 
         Output keys as scGPT's, except ``*_zero_probs`` -> ``*_nonzero_prob`` (what they are).
+        ``conditions`` go to :meth:`generative` (subclasses' extra decoder conditions).
         """
         h, gene_embs = self.encode(gene_ids, values, padding_mask, batch_labels)
         cell_emb = self.cell_embedding(h, values, padding_mask)
-        gen = self.generative(h, cell_emb, gene_embs, batch_labels, do_mvc=MVC)
+        gen = self.generative(h, cell_emb, gene_embs, batch_labels, do_mvc=MVC, **conditions)
         out = {"cell_emb": cell_emb, "mlm_output": gen["mlm_output"]}
         for k in ("mlm_nonzero_prob", "mvc_output", "mvc_nonzero_prob", "dab_output"):
             if k in gen:
