@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_ROOT = TESTS_DIR.parent
+#: Test folders of the engine (tiny models), run with one torch intra-op thread.
+_SINGLE_THREAD_DIRS = ("nn", "data", "module")
 
 
 def _shared_path() -> Path:
@@ -39,3 +42,27 @@ def fixtures_dir(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"reference fixtures folder {path} not found (needed for parity tests).")
     return path
+
+
+@pytest.fixture(autouse=True)
+def _engine_tests_single_thread(request):
+    """Run the engine tests with one torch thread, restoring the setting afterwards.
+
+    Their models are tiny: thread start-up dominates, and on a busy machine several threads
+    make them many times slower. One thread also makes CPU reductions reproducible.
+    """
+    try:
+        top = Path(request.node.path).resolve().relative_to(TESTS_DIR).parts[0]
+    except ValueError:
+        top = ""
+    if top not in _SINGLE_THREAD_DIRS:
+        yield
+        return
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

@@ -198,7 +198,8 @@ class SCGPT(
             ``cce_weight``, ``ecs_weight``, ``dab_weight``).
         **kwargs
             Other ``UnsupervisedTrainingMixin.train`` / Lightning ``Trainer`` arguments;
-            ``gradient_clip_val`` defaults to 1.0.
+            ``gradient_clip_val`` defaults to 1.0; multi-process training is
+            ``accelerator="gpu", devices=-1, strategy="ddp_find_unused_parameters_true"``.
         """
         kwargs.setdefault("gradient_clip_val", 1.0)
         return super().train(

@@ -64,6 +64,27 @@ class SCGPTTrainingPlan(TrainingPlan):
         )
         self.warmup_ratio, self.lr_schedule, self.step_gamma = warmup_ratio, lr_schedule, step_gamma
 
+    def compute_and_log_metrics(self, loss_output, metrics, mode: str) -> None:
+        """scvi's metrics, then each objective as ``loss_<name>_<mode>``.
+
+        scvi-tools logs extra metrics inside ``torch.inference_mode``; under DDP Lightning then
+        syncs those inference tensors in place and fails, so they are logged here instead.
+        """
+        extra, loss_output.extra_metrics = loss_output.extra_metrics, {}
+        try:
+            super().compute_and_log_metrics(loss_output, metrics, mode)
+        finally:
+            loss_output.extra_metrics = extra
+        for key, value in extra.items():
+            self.log(
+                f"{key}_{mode}",
+                value.detach(),
+                on_step=self.on_step,
+                on_epoch=self.on_epoch,
+                batch_size=loss_output.n_obs_minibatch,
+                sync_dist=self.use_sync_dist,
+            )
+
     def on_train_epoch_start(self) -> None:
         """Let the module redraw masks and gene samples for this epoch."""
         self.module.epoch = int(self.current_epoch)
