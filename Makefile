@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -p no:cacheprovider --nbmake tests tutorials
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scgpt.py
