@@ -85,6 +85,10 @@ class SCGPTTrainingPlan(TrainingPlan):
                 sync_dist=self.use_sync_dist,
             )
 
+    def on_fit_start(self) -> None:
+        """Put the module in training mode (``load`` leaves it in eval mode; Lightning keeps it)."""
+        self.module.train()
+
     def on_train_epoch_start(self) -> None:
         """Let the module redraw masks and gene samples for this epoch."""
         self.module.epoch = int(self.current_epoch)
