@@ -69,7 +69,7 @@ def logistic_baseline(adata: AnnData, train: np.ndarray, test: np.ndarray) -> np
 def main(argv: list[str] | None = None) -> dict:
     """Run the demo; returns the metrics it prints."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=int(os.environ.get("SCGPT_DEMO_EPOCHS", 20)))
+    parser.add_argument("--epochs", type=int, default=int(os.environ.get("SCGPT_DEMO_EPOCHS", 16)))
     parser.add_argument("--out", default="demo_output")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
