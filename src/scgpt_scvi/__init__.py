@@ -4,12 +4,24 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import data, module, nn
 from .data import GeneVocab
-from .model import SCGPT, SCGPTTrainingPlan
-from .module import SCGPTModule
+from .model import SCGPT, SCGPTMultiomic, SCGPTPerturbation, SCGPTTrainingPlan
+from .module import SCGPTModule, SCGPTMultiomicModule, SCGPTPerturbationModule
 
 try:
     __version__ = version("scgpt-scvi")
 except PackageNotFoundError:  # pragma: no cover
     __version__ = "0+unknown"
 
-__all__ = ["SCGPT", "SCGPTModule", "SCGPTTrainingPlan", "GeneVocab", "data", "module", "nn"]
+__all__ = [
+    "SCGPT",
+    "SCGPTModule",
+    "SCGPTMultiomic",
+    "SCGPTMultiomicModule",
+    "SCGPTPerturbation",
+    "SCGPTPerturbationModule",
+    "SCGPTTrainingPlan",
+    "GeneVocab",
+    "data",
+    "module",
+    "nn",
+]

@@ -55,7 +55,7 @@ ATTENTION_RENAMES = (
 )
 _RELEASED = re.compile(r"self_attn\.in_proj_(weight|bias)$")
 #: Buffers of ours that released checkpoints do not hold.
-LOCAL_ONLY_KEYS = ("gene_token_ids",)
+LOCAL_ONLY_KEYS = ("gene_token_ids", "token_mod_ids")
 #: What every scGPT-family model shares with a pretrained ``TransformerModel``.
 SHARED_PREFIXES = ("encoder.", "value_encoder.", "transformer_encoder.")
 

@@ -252,3 +252,15 @@ def test_batch_aware_options_train():
         plan_kwargs={"ecs_weight": 10.0, "cce_weight": 1.0, "dab_weight": 1.0},
     )
     assert {"loss_dab_train", "loss_ecs_train", "loss_cce_train"} <= set(model.history)
+
+
+def test_setup_args_hold_only_the_arguments():
+    adata = _synthetic()
+    SCGPT.setup_anndata(adata, labels_key="cell_type")
+    model = SCGPT(adata, **TINY)
+    assert set(model.registry_["setup_args"]) == {
+        "layer",
+        "batch_key",
+        "labels_key",
+        "gene_symbols_key",
+    }

@@ -144,6 +144,7 @@ class SCGPT(
             ``var`` column of gene symbols matched against the vocabulary (default:
             ``var_names``).
         """
+        setup_method_args = cls._get_setup_method_args(**locals())
         X = adata.layers[layer] if layer is not None else adata.X
         if gene_symbols_key is not None and gene_symbols_key not in adata.var:
             raise KeyError(f"gene_symbols_key {gene_symbols_key!r} is not a column of adata.var.")
@@ -156,7 +157,6 @@ class SCGPT(
                 UserWarning,
                 stacklevel=2,
             )
-        setup_method_args = cls._get_setup_method_args(**locals())
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),

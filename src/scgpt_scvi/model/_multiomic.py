@@ -1,0 +1,480 @@
+"""``SCGPTMultiomic``: scGPT's multi-omic model set up straight from MuData modalities."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from mudata import MuData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import MuDataCategoricalObsField, MuDataLayerField, MuDataWrapper
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from ..data import SPECIAL_TOKENS, GeneVocab
+from ..module import SCGPTMultiomicModule
+from ._base import SCGPTBaseMixin, as_vocab, check_expression, gene_overlap
+from ._fields import CellKeyObsField
+from ._training_plan import SCGPTTrainingPlan
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SCGPTMultiomic", "MODALITIES", "MuDataCellKeyObsField"]
+
+#: ``obs['_scgpt_cell_key']`` on the MuData itself (seeds tokenisation, keyed on cell names).
+MuDataCellKeyObsField = MuDataWrapper(CellKeyObsField)
+
+
+class Modality(NamedTuple):
+    """How one kind of measurement enters the model."""
+
+    registry_key: str  #: scvi-tools registry key of its data
+    name: str  #: its entry in the modality vocabulary (``vocab_mod``)
+    prefix: str  #: prefix of its feature tokens in the vocabulary
+
+
+#: ``setup_mudata`` layer argument -> modality, in sequence order (RNA, protein, ATAC).
+MODALITIES: dict[str, Modality] = {
+    "rna_layer": Modality(REGISTRY_KEYS.X_KEY, "RNA", ""),
+    "protein_layer": Modality(REGISTRY_KEYS.PROTEIN_EXP_KEY, "Protein", "p_"),
+    "atac_layer": Modality(REGISTRY_KEYS.ATAC_X_KEY, "ATAC", "a_"),
+}
+
+
+class SCGPTMultiomic(SCGPTBaseMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """scGPT's multi-omic model (``MultiOmicTransformerModel``) on MuData.
+
+    Every feature of every registered modality is its own token; a cell's sequence is
+    ``<cls>`` + its RNA tokens + protein tokens + ATAC tokens, each modality binned on its own
+    and capped at ``max_tokens_per_modality`` tokens (expressed features drawn at random per
+    cell, keyed on the cell's name, when there are more). A modality embedding conditions the
+    expression and MVC decoders (see :class:`~scgpt_scvi.module.SCGPTMultiomicModule`).
+
+    Vocabulary: RNA genes are tokens under their own names (so a pretrained RNA vocabulary
+    applies; genes missing from it are left out, as in :class:`~scgpt_scvi.model.SCGPT`).
+    Protein features are tokens ``"p_" + name`` and ATAC features ``"a_" + name``, so a protein
+    ``CD4`` never shares the gene ``CD4``'s token; those missing from the vocabulary are
+    appended after its last id (the layout of scGPT's multi-omic tutorial and checkpoints).
+
+    Parameters
+    ----------
+    mdata
+        MuData registered with :meth:`setup_mudata`.
+    vocab
+        Token vocabulary (:class:`~scgpt_scvi.data.GeneVocab`, mapping or ``vocab.json`` path),
+        e.g. a pretrained RNA model's; default: built from the registered features.
+    vocab_mod
+        Modality vocabulary (mapping or path; needs ``RNA`` / ``Protein`` / ``ATAC`` for the
+        registered modalities). Default: their names sorted, then ``<pad>``, ``<cls>``,
+        ``<eoc>`` (RNA + protein: ``{"Protein": 0, "RNA": 1, "<pad>": 2, ...}`` as scGPT's
+        tutorial).
+    d_model, nhead, d_hid, nlayers, nlayers_cls, dropout
+        Architecture (scGPT's names).
+    max_tokens_per_modality
+        Tokens per modality per cell (``<cls>`` not counted): one number for every modality, or
+        a mapping from MuData modality name to number (modalities left out are not capped).
+    mod_in_input
+        Also add the modality embedding to the transformer input (scGPT does not).
+    **module_kwargs
+        Other :class:`~scgpt_scvi.module.SCGPTModule` options (``do_mvc``, ``do_dab``,
+        ``use_batch_labels``, ``n_bins``, ``cell_emb_style``, ``mask_ratio``, ...).
+
+    Examples
+    --------
+    >>> SCGPTMultiomic.setup_mudata(mdata, modalities={"rna_layer": "rna", "protein_layer": "prot"})
+    >>> model = SCGPTMultiomic(mdata, max_tokens_per_modality=512)
+    >>> model.train(max_epochs=10)
+    >>> mdata.obsm["X_scgpt"] = model.get_latent_representation()
+    """
+
+    _module_cls = SCGPTMultiomicModule
+    _training_plan_cls = SCGPTTrainingPlan
+
+    def __init__(
+        self,
+        mdata: MuData | None = None,
+        vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None = None,
+        vocab_mod: Mapping[str, int] | str | os.PathLike | None = None,
+        d_model: int = 128,
+        nhead: int = 4,
+        d_hid: int = 128,
+        nlayers: int = 4,
+        nlayers_cls: int = 3,
+        dropout: float = 0.2,
+        max_tokens_per_modality: int | Mapping[str, int] = 512,
+        mod_in_input: bool = False,
+        **module_kwargs,
+    ):
+        super().__init__(mdata)
+        mods = self._registered_modalities()
+        features = {arg: self._feature_tokens(arg, name) for arg, name in mods.items()}
+        vocab_obj = _extend_vocab(
+            as_vocab(vocab, features.get("rna_layer", [])),
+            [t for arg, tokens in features.items() if arg != "rna_layer" for t in tokens],
+        )
+        vocab_mod_obj = _modality_vocab(vocab_mod, [MODALITIES[a].name for a in mods])
+        token_ids, self.gene_overlap_ = self._token_ids(features, vocab_obj)
+        budgets = _budgets(max_tokens_per_modality, mods, features)
+        self._set_data_defaults(module_kwargs)
+        self.module = self._module_cls(
+            ntoken=vocab_obj.ntoken,
+            ntokens_mod=vocab_mod_obj.ntoken,
+            mod_pad_id=vocab_mod_obj.pad_id,
+            token_mod_ids=_token_modalities(vocab_obj, vocab_mod_obj, features, token_ids),
+            modality_sizes=[len(features[a]) for a in mods],
+            modality_max_tokens=budgets,
+            modality_keys=[MODALITIES[a].registry_key for a in mods],
+            mod_in_input=mod_in_input,
+            d_model=d_model,
+            nhead=nhead,
+            d_hid=d_hid,
+            nlayers=nlayers,
+            nlayers_cls=nlayers_cls,
+            dropout=dropout,
+            pad_id=vocab_obj.pad_id,
+            cls_id=vocab_obj.cls_id,
+            gene_token_ids=torch.as_tensor(np.concatenate([token_ids[a] for a in mods])),
+            **module_kwargs,
+        )
+        self.vocab_ = vocab_obj.get_stoi()
+        self.vocab_mod_ = vocab_mod_obj.get_stoi()
+        self._model_summary_string = (
+            f"SCGPTMultiomic: d_model {d_model}, nlayers {nlayers}, nhead {nhead}; modalities "
+            + ", ".join(
+                f"{n} ({len(features[a])} features, <= {k} tokens)"
+                for (a, n), k in zip(mods.items(), budgets)
+            )
+            + f"; vocabulary {len(vocab_obj)} tokens."
+        )
+        vocab, vocab_mod = self.vocab_, self.vocab_mod_  # saved init params hold the tables
+        self.init_params_ = self._get_init_params(locals())
+
+    @classmethod
+    def from_pretrained_rna(
+        cls, mdata: MuData, model_dir: str | os.PathLike, **kwargs
+    ) -> SCGPTMultiomic:
+        """A model whose shared parts start from a pretrained RNA scGPT checkpoint folder.
+
+        The architecture (``args.json``) and vocabulary (``vocab.json``, protein / peak tokens
+        appended) come from the checkpoint; the gene encoder (pretrained rows for the tokens the
+        checkpoint knows), the value encoder and the transformer are loaded with
+        :func:`scgpt_scvi._checkpoint.load_pretrained_parts` (strict within those parts). The
+        modality encoder, the modality-conditioned decoders and new tokens start from their
+        initialisation. The load report is kept in ``model.pretrained_report_``.
+
+        Parameters
+        ----------
+        mdata
+            MuData registered with :meth:`setup_mudata`.
+        model_dir
+            Folder with ``args.json``, ``vocab.json`` and ``best_model.pt``.
+        **kwargs
+            Other :class:`SCGPTMultiomic` arguments (override ``args.json``).
+        """
+        from .._checkpoint import args_to_kwargs, load_pretrained_parts, read_args, read_vocab
+
+        arch = args_to_kwargs(read_args(model_dir))
+        kwargs = {k: arch[k] for k in _PRETRAINED_ARCH if k in arch} | kwargs
+        kwargs.setdefault("vocab", read_vocab(model_dir))
+        model = cls(mdata, **kwargs)
+        model.pretrained_report_ = load_pretrained_parts(
+            model.module, model_dir, vocab=model.vocab_
+        )
+        return model
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_mudata(
+        cls,
+        mdata: MuData,
+        rna_layer: str | None = None,
+        protein_layer: str | None = None,
+        atac_layer: str | None = None,
+        batch_key: str | None = None,
+        labels_key: str | None = None,
+        modalities: dict[str, str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a MuData: each modality is read from it as it is (no concatenation).
+
+        Any combination of RNA, protein and ATAC works; name the MuData modality of each in
+        ``modalities``. Every registered modality must hold the MuData's cells in its order
+        (paired measurements); otherwise subset first (e.g. ``muon.pp.intersect_obs``). Values
+        are checked before anything is written, so a failing call leaves ``mdata`` untouched.
+        Registration adds scvi-tools' bookkeeping columns and ``obs['_scgpt_cell_key']`` (a
+        hash of the cell names that seeds tokenisation) to ``mdata.obs``.
+
+        Parameters
+        ----------
+        mdata
+            MuData with raw counts (or normalised values; tokens are binned per cell).
+        rna_layer, protein_layer, atac_layer
+            Layer of each modality to use (``None``: its ``X``).
+        batch_key
+            ``obs`` column of batches (in the modality ``modalities["batch_key"]``, default
+            ``mdata.obs``).
+        labels_key
+            ``obs`` column of cell types (switches the CLS objective on).
+        modalities
+            Setup argument -> MuData modality, e.g. ``{"rna_layer": "rna", "protein_layer":
+            "prot"}``; at least one of ``rna_layer``, ``protein_layer``, ``atac_layer``.
+        **kwargs
+            Passed to ``AnnDataManager.register_fields``.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        if not modalities:
+            raise ValueError(
+                "Pass modalities, e.g. {'rna_layer': 'rna', 'protein_layer': 'prot'}; the "
+                f"MuData holds {list(mdata.mod)}."
+            )
+        mods = cls._create_modalities_attr_dict(modalities, setup_method_args)
+        _check_modalities(mdata, mods)
+        layers = {"rna_layer": rna_layer, "protein_layer": protein_layer, "atac_layer": atac_layer}
+        fields = [
+            MuDataLayerField(
+                m.registry_key,
+                layers[arg],
+                mod_key=mods[arg],
+                is_count_data=False,
+                mod_required=True,
+            )
+            for arg, m in MODALITIES.items()
+            if mods[arg] is not None
+        ]
+        fields += [
+            MuDataCategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key, mod_key=mods.batch_key),
+            MuDataCategoricalObsField(
+                REGISTRY_KEYS.LABELS_KEY, labels_key, mod_key=mods.labels_key
+            ),
+            MuDataCellKeyObsField(),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(mdata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    @classmethod
+    def setup_anndata(cls, adata, *args, **kwargs) -> None:
+        """Not supported: register a MuData with :meth:`setup_mudata` (RNA-only AnnData:
+        :class:`~scgpt_scvi.model.SCGPT`)."""
+        raise NotImplementedError(
+            "SCGPTMultiomic reads MuData: use SCGPTMultiomic.setup_mudata(mdata, modalities="
+            "{...}); for RNA-only AnnData use SCGPT."
+        )
+
+    def _set_data_defaults(self, module_kwargs: dict) -> None:
+        """Cell-type classes and batch count from the registered data (unless given)."""
+        setup = self.registry_["setup_args"]
+        module_kwargs.setdefault("n_cls", self.summary_stats.n_labels if setup["labels_key"] else 1)
+        if setup["batch_key"] is not None:
+            module_kwargs.setdefault("num_batch_labels", self.summary_stats.n_batch)
+
+    def _registered_modalities(self) -> dict[str, str]:
+        """Setup argument -> MuData modality name, in sequence order."""
+        mods = self.registry_["setup_args"]["modalities"]
+        return {arg: mods[arg] for arg in MODALITIES if mods.get(arg)}
+
+    def _feature_tokens(self, arg: str, name: str) -> list[str]:
+        return [MODALITIES[arg].prefix + str(v) for v in self.adata.mod[name].var_names]
+
+    def _token_ids(
+        self, features: dict[str, list[str]], vocab: GeneVocab
+    ) -> tuple[dict[str, np.ndarray], dict]:
+        """Vocabulary id of every feature (-1: RNA gene not in the vocabulary) and the RNA
+        overlap summary."""
+        ids = {a: np.asarray(vocab.lookup(t), dtype=np.int64) for a, t in features.items()}
+        overlap = {}
+        if "rna_layer" in features:
+            ids["rna_layer"], overlap = gene_overlap(pd.Index(features["rna_layer"]), vocab)
+        return ids, overlap
+
+    # ------------------------------------------------------------------ training / outputs
+    def train(
+        self,
+        max_epochs: int = 10,
+        batch_size: int = 32,
+        train_size: float | None = 0.9,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train with scvi-tools' machinery and :class:`SCGPTTrainingPlan`.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells.
+        batch_size
+            Cells per minibatch.
+        train_size
+            Fraction of cells used for training (the rest validate).
+        plan_kwargs
+            :class:`SCGPTTrainingPlan` options: ``lr``, ``warmup_ratio``, ``lr_schedule``,
+            objective weights (``mlm_weight``, ``mvc_weight``, ``cls_weight``, ``cce_weight``,
+            ``ecs_weight``, ``dab_weight``).
+        **kwargs
+            Other ``UnsupervisedTrainingMixin.train`` / Lightning ``Trainer`` arguments
+            (``accelerator``, ``devices``, ...); ``gradient_clip_val`` defaults to 1.0.
+        """
+        kwargs.setdefault("gradient_clip_val", 1.0)
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            plan_kwargs=plan_kwargs,
+            **kwargs,
+        )
+
+    def get_latent_representation(
+        self,
+        mdata: MuData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        normalize: bool = False,
+    ) -> np.ndarray:
+        """Cell embeddings ``(n_obs, d_model)`` from all registered modalities.
+
+        Deterministic (tokens keyed on cell names), independent of ``batch_size``.
+
+        Parameters
+        ----------
+        mdata
+            MuData with the same modalities and features; default: the registered one.
+        indices
+            Cells to embed; default all.
+        batch_size
+            Cells per minibatch (default 64).
+        normalize
+            L2-normalise each embedding.
+        """
+        module = self.module
+        z = self._collect(
+            lambda t: module.inference(**module._get_inference_input(t))["cell_emb"],
+            mdata,
+            indices,
+            batch_size,
+        )
+        return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12) if normalize else z
+
+
+# ---------------------------------------------------------------------- helpers
+#: Architecture options taken from a pretrained RNA checkpoint's ``args.json``.
+_PRETRAINED_ARCH = (
+    "d_model",
+    "nhead",
+    "d_hid",
+    "nlayers",
+    "nlayers_cls",
+    "dropout",
+    "pad_value",
+    "mask_value",
+    "input_emb_style",
+    "n_input_bins",
+    "n_bins",
+    "pre_norm",
+    "cell_emb_style",
+    "do_mvc",
+)
+
+
+def _check_modalities(mdata: MuData, mods) -> None:
+    """Named modalities exist and hold the MuData's cells, in its order."""
+    available = list(mdata.mod)
+    chosen = {arg: mods[arg] for arg in MODALITIES if mods[arg] is not None}
+    if not chosen:
+        raise ValueError(
+            "Map at least one of rna_layer, protein_layer, atac_layer to a modality in "
+            f"modalities; the MuData holds {available}."
+        )
+    for arg in ("batch_key", "labels_key"):
+        if mods[arg] is not None:
+            chosen[arg] = mods[arg]
+    for arg, name in chosen.items():
+        if name not in mdata.mod:
+            raise ValueError(
+                f"Modality {name!r} (for {arg}) is not in the MuData; available modalities: "
+                f"{available}."
+            )
+    for name in dict.fromkeys(chosen.values()):
+        bdata = mdata.mod[name]
+        if not bdata.obs_names.equals(mdata.obs_names):
+            n_shared = len(bdata.obs_names.intersection(mdata.obs_names))
+            raise ValueError(
+                f"Modality {name!r} holds {bdata.n_obs} cells ({n_shared} of the MuData's "
+                f"{mdata.n_obs}, or in another order); SCGPTMultiomic needs every modality "
+                "measured on the same cells. Keep the shared cells first, e.g. "
+                "muon.pp.intersect_obs(mdata), or mdata[shared_cells].copy()."
+            )
+    _check_values(mdata, {a: n for a, n in chosen.items() if a in MODALITIES})
+
+
+def _check_values(mdata: MuData, chosen: dict[str, str]) -> None:
+    """Raise on bad values; warn about cells with no measured feature in any modality."""
+    n_expressed = np.zeros(mdata.n_obs, dtype=np.int64)
+    for name in chosen.values():
+        bdata = mdata.mod[name]
+        n_expressed += check_expression(bdata.X, bdata.obs_names, f"mdata[{name!r}].X")
+    if (n_expressed == 0).any():
+        empty = mdata.obs_names[n_expressed == 0]
+        warnings.warn(
+            f"{len(empty)} cells have no measured feature (e.g. {list(empty[:3])}); they are "
+            "embedded from <cls> alone.",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _extend_vocab(vocab: GeneVocab, tokens: Sequence[str]) -> GeneVocab:
+    """Append ``tokens`` missing from ``vocab`` after its last id (new protein / peak tokens)."""
+    stoi = vocab.get_stoi()
+    next_id = vocab.ntoken
+    for t in tokens:
+        if t not in stoi:
+            stoi[t], next_id = next_id, next_id + 1
+    return vocab if len(stoi) == len(vocab) else GeneVocab(stoi)
+
+
+def _modality_vocab(vocab_mod, names: Sequence[str]) -> GeneVocab:
+    vocab = GeneVocab.from_genes(sorted(names)) if vocab_mod is None else as_vocab(vocab_mod, [])
+    missing = [n for n in names if n not in vocab]
+    if missing:
+        raise ValueError(f"vocab_mod lacks the modalities {missing}; it holds {list(vocab)}.")
+    return vocab
+
+
+def _budgets(
+    max_tokens: int | Mapping[str, int], mods: dict[str, str], features: dict[str, list[str]]
+) -> list[int]:
+    if not isinstance(max_tokens, Mapping):
+        return [min(int(max_tokens), len(features[a])) for a in mods]
+    unknown = set(max_tokens) - set(mods.values())
+    if unknown:
+        raise ValueError(
+            f"max_tokens_per_modality names {sorted(unknown)}, which are not registered "
+            f"modalities ({list(mods.values())})."
+        )
+    return [
+        min(int(max_tokens.get(n, len(features[a]))), len(features[a])) for a, n in mods.items()
+    ]
+
+
+def _token_modalities(
+    vocab: GeneVocab,
+    vocab_mod: GeneVocab,
+    features: dict[str, list[str]],
+    token_ids: dict[str, np.ndarray],
+) -> torch.Tensor:
+    """Modality id of every vocabulary token (specials map to their own modality tokens)."""
+    default = vocab_mod["RNA"] if "RNA" in vocab_mod else vocab_mod.pad_id
+    table = torch.full((vocab.ntoken,), default, dtype=torch.long)
+    for arg in features:
+        ids = torch.as_tensor(token_ids[arg])
+        table[ids[ids >= 0]] = vocab_mod[MODALITIES[arg].name]
+    for t in SPECIAL_TOKENS:
+        if t in vocab and t in vocab_mod:
+            table[vocab[t]] = vocab_mod[t]
+    return table

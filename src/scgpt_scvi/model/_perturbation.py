@@ -1,0 +1,467 @@
+"""``SCGPTPerturbation``: scGPT's perturbation model (``TransformerGenerator``) on plain AnnData.
+
+The original needs GEARS < 0.0.3 ``PertData`` objects; here an AnnData with a condition column
+(GEARS-style strings ``ctrl``, ``A``, ``A+ctrl``, ``A+B``) is enough.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scipy import sparse
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField
+from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
+
+from .._checkpoint import (
+    SHARED_PREFIXES,
+    args_to_kwargs,
+    load_pretrained_parts,
+    read_args,
+    read_vocab,
+)
+from ..data import SPECIAL_TOKENS, GeneVocab
+from ..module._perturbation import PERT_KEY, SCGPTPerturbationModule
+from ._base import SCGPTBaseMixin, as_vocab, check_expression, gene_overlap, iter_rows
+from ._fields import CellKeyObsField
+from ._training_plan import SCGPTTrainingPlan
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["SCGPTPerturbation", "parse_condition", "holds_counts"]
+
+
+def parse_condition(
+    condition: str, control_category: str = "ctrl", delimiter: str = "+"
+) -> tuple[str, ...]:
+    """Target genes of a GEARS-style condition string.
+
+    ``"ctrl"`` -> ``()``, ``"A"`` and ``"A+ctrl"`` -> ``("A",)``, ``"A+B"`` -> ``("A", "B")``
+    (with ``control_category="ctrl"`` and ``delimiter="+"``).
+
+    Raises
+    ------
+    ValueError
+        For a non-string, an empty part (``""``, ``"A++B"``, ``"+A"``, ``"A+"``), a part with
+        surrounding whitespace, or a gene named twice.
+    """
+    if not isinstance(condition, str):
+        raise ValueError(f"Perturbation condition {condition!r} is not a string.")
+    parts = condition.split(delimiter)
+    if any(p == "" or p != p.strip() for p in parts):
+        raise ValueError(
+            f"Malformed perturbation condition {condition!r}: expected gene names joined by "
+            f"{delimiter!r} (e.g. 'A', 'A{delimiter}{control_category}', 'A{delimiter}B') or "
+            f"{control_category!r}."
+        )
+    genes = tuple(p for p in parts if p != control_category)
+    if len(set(genes)) != len(genes):
+        raise ValueError(f"Perturbation condition {condition!r} names a gene twice.")
+    return genes
+
+
+def holds_counts(X) -> bool:
+    """Whether a (dense, sparse or backed) matrix holds only non-negative integers."""
+    if X.shape[0] == 0:
+        return False
+    for _, rows in iter_rows(X):
+        data = rows.data if sparse.issparse(rows) else np.asarray(rows)
+        if not np.all(np.mod(data, 1) == 0):
+            return False
+    return True
+
+
+def _dense_rows(X, rows: np.ndarray) -> np.ndarray:
+    sub = X[rows]
+    return np.asarray(sub.toarray() if sparse.issparse(sub) else sub, dtype=np.float32)
+
+
+class SCGPTPerturbation(SCGPTBaseMixin, UnsupervisedTrainingMixin, BaseModelClass):
+    """scGPT's perturbation-response model (Cui et al. 2024) as an scvi-tools model.
+
+    Predicts the expression of perturbed cells from control cells and the perturbed genes, for
+    perturbations seen in training and for new ones whose genes are in the vocabulary (e.g. an
+    unseen double ``A+B``, or a gene never perturbed in training). It works on log1p-normalised
+    expression: registered counts (integers) are normalised to 1e4 per cell and ``log1p``-ed
+    per minibatch; predictions are in that space.
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    vocab
+        Gene vocabulary (:class:`~scgpt_scvi.data.GeneVocab`, mapping or ``vocab.json`` path).
+        Default: the measured genes, then the target genes that are not measured, then the
+        special tokens. A given vocabulary must hold every target gene.
+    d_model, nhead, d_hid, nlayers, nlayers_cls, dropout
+        Architecture (scGPT's names).
+    gene_selection
+        Genes fed and scored in training: ``"all"`` or ``"batch-wise"`` (see
+        :class:`~scgpt_scvi.module.SCGPTPerturbationModule`).
+    **module_kwargs
+        Other :class:`~scgpt_scvi.module.SCGPTPerturbationModule` options
+        (``decoder_adaptive_bias``, ``explicit_zero_prob``, ``do_mvc``, ``pert_pad_id``,
+        ``decoder_activation``, ``seed``, ...).
+
+    Examples
+    --------
+    >>> SCGPTPerturbation.setup_anndata(adata, perturbation_key="condition",
+    ...                                 control_category="ctrl")
+    >>> model = SCGPTPerturbation(adata)
+    >>> model.train(max_epochs=15)
+    >>> pred = model.predict_perturbation(["A+B", "C"])   # AnnData, perturbations x genes
+    """
+
+    _module_cls = SCGPTPerturbationModule
+    _training_plan_cls = SCGPTTrainingPlan
+
+    def __init__(
+        self,
+        adata: AnnData,
+        vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None = None,
+        d_model: int = 128,
+        nhead: int = 4,
+        d_hid: int = 128,
+        nlayers: int = 4,
+        nlayers_cls: int = 3,
+        dropout: float = 0.0,
+        gene_selection: str = "batch-wise",
+        **module_kwargs,
+    ):
+        super().__init__(adata)
+        genes = self._gene_names(self.adata)
+        conditions = self._conditions()
+        targets = [parse_condition(c, *self._parse_args()) for c in conditions]
+        vocab_obj = self._vocab(vocab, genes, targets)
+        token_ids, self.gene_overlap_ = gene_overlap(genes, vocab_obj)
+        X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        n_targets = max([len(t) for t in targets] + [1])
+        condition_targets = np.full((len(conditions), n_targets), -1, dtype=np.int64)
+        for i, t in enumerate(targets):
+            condition_targets[i, : len(t)] = vocab_obj.lookup(t)
+        self.module = self._module_cls(
+            ntoken=vocab_obj.ntoken,
+            d_model=d_model,
+            nhead=nhead,
+            d_hid=d_hid,
+            nlayers=nlayers,
+            nlayers_cls=nlayers_cls,
+            dropout=dropout,
+            pad_id=vocab_obj.pad_id,
+            cls_id=vocab_obj.cls_id,
+            gene_token_ids=torch.as_tensor(token_ids),
+            condition_targets=torch.as_tensor(condition_targets),
+            control_x=torch.as_tensor(_dense_rows(X, self._control_rows())),
+            normalize_counts=holds_counts(X),
+            gene_selection=gene_selection,
+            **module_kwargs,
+        )
+        self.vocab_ = vocab_obj.get_stoi()
+        self._model_summary_string = (
+            f"SCGPTPerturbation: d_model {d_model}, nlayers {nlayers}, nhead {nhead}, "
+            f"{len(conditions)} conditions, {len(self._control_rows())} control cells, "
+            f"{self.gene_overlap_['n_matched']} of {self.gene_overlap_['n_genes']} genes "
+            f"modelled, counts input: {self.module.normalize_counts}."
+        )
+        vocab = self.vocab_  # saved init params hold the vocabulary itself, not a path
+        self.init_params_ = self._get_init_params(locals())
+
+    # ------------------------------------------------------------------ registry helpers
+    def _parse_args(self) -> tuple[str, str]:
+        setup = self.registry_["setup_args"]
+        return setup["control_category"], setup["condition_delimiter"]
+
+    def _conditions(self) -> list[str]:
+        state = self.adata_manager.get_state_registry(PERT_KEY)
+        return [str(c) for c in state.categorical_mapping]
+
+    def _control_rows(self) -> np.ndarray:
+        codes = np.asarray(self.adata_manager.get_from_registry(PERT_KEY)).reshape(-1)
+        control = self._parse_args()[0]
+        conditions = self._conditions()
+        rows = np.flatnonzero(codes == conditions.index(control)) if control in conditions else []
+        if len(rows) == 0:
+            raise ValueError(f"No control cells: no cell has the condition {control!r}.")
+        return np.asarray(rows)
+
+    @staticmethod
+    def _vocab(vocab, genes: pd.Index, targets: list[tuple[str, ...]]) -> GeneVocab:
+        all_targets = list(dict.fromkeys(g for t in targets for g in t))
+        if vocab is None:
+            reserved = [g for g in all_targets if g in SPECIAL_TOKENS]
+            if reserved:
+                raise ValueError(f"Target genes {reserved} clash with special tokens.")
+            known = set(genes)
+            return GeneVocab.from_genes([*genes, *(g for g in all_targets if g not in known)])
+        vocab_obj = as_vocab(vocab, genes)
+        missing = [g for g in all_targets if g not in vocab_obj]
+        if missing:
+            raise ValueError(
+                f"Target genes {missing} are not in the vocabulary, so they cannot be flagged."
+            )
+        return vocab_obj
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        perturbation_key: str,
+        control_category: str = "ctrl",
+        layer: str | None = None,
+        condition_delimiter: str = "+",
+        gene_symbols_key: str | None = None,
+        **kwargs,
+    ) -> None:
+        """Register an AnnData for :class:`SCGPTPerturbation`.
+
+        Values, conditions and the control category are checked first, so a failing call
+        leaves ``adata`` untouched. Registration adds scvi-tools' bookkeeping columns and
+        ``obs['_scgpt_cell_key']`` (a hash of ``obs_names`` that keys the control pairing).
+
+        Parameters
+        ----------
+        adata
+            AnnData with log1p-normalised values or raw counts (integers, normalised and
+            ``log1p``-ed internally) in ``X`` or ``layers[layer]``; one cell context (subset
+            per cell line).
+        perturbation_key
+            ``obs`` column of conditions: ``control_category``, ``A``, ``A+ctrl`` or ``A+B``.
+        control_category
+            The condition of control cells (also allowed as a part, as in ``A+ctrl``).
+        layer
+            Layer to use instead of ``X``.
+        condition_delimiter
+            Separator of the genes in a condition.
+        gene_symbols_key
+            ``var`` column of gene symbols (default ``var_names``); target genes are matched
+            against these names.
+
+        Raises
+        ------
+        KeyError
+            When ``perturbation_key`` or ``gene_symbols_key`` is not a column.
+        ValueError
+            For a malformed condition, no control cells, or NaN/infinite/negative values.
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        if perturbation_key not in adata.obs:
+            raise KeyError(f"perturbation_key {perturbation_key!r} is not a column of adata.obs.")
+        if gene_symbols_key is not None and gene_symbols_key not in adata.var:
+            raise KeyError(f"gene_symbols_key {gene_symbols_key!r} is not a column of adata.var.")
+        column = adata.obs[perturbation_key]
+        if column.isna().any():
+            raise ValueError(f"adata.obs[{perturbation_key!r}] has missing conditions.")
+        for condition in pd.unique(column.astype(str)):
+            parse_condition(condition, control_category, condition_delimiter)
+        if not (column.astype(str) == control_category).any():
+            raise ValueError(
+                f"No control cells: no cell has adata.obs[{perturbation_key!r}] == "
+                f"{control_category!r}."
+            )
+        X = adata.layers[layer] if layer is not None else adata.X
+        check_expression(X, adata.obs_names, f"layers[{layer!r}]" if layer else "X")
+        fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(PERT_KEY, perturbation_key),
+            CellKeyObsField(),
+        ]
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ------------------------------------------------------------------ pretrained
+    @classmethod
+    def from_pretrained(
+        cls,
+        adata: AnnData,
+        pretrained_dir: str | os.PathLike,
+        prefixes: Sequence[str] = SHARED_PREFIXES,
+        **kwargs,
+    ) -> SCGPTPerturbation:
+        """A model whose shared parts start from a released scGPT checkpoint folder.
+
+        The architecture (``embsize``, ``nheads``, ``d_hid``, ``nlayers``, ``n_layers_cls``)
+        comes from ``args.json``, the vocabulary from ``vocab.json`` (so every target gene must
+        be in it) unless ``vocab`` is passed, and the parameters under ``prefixes`` (the gene
+        encoder, value encoder and transformer, as the original tutorial) from the weights, by
+        :func:`scgpt_scvi._checkpoint.load_pretrained_parts`; with another vocabulary, gene
+        embedding rows are copied by token. The perturbation embedding and the heads start
+        fresh.
+
+        Parameters
+        ----------
+        adata
+            AnnData registered with :meth:`setup_anndata`.
+        pretrained_dir
+            Folder with ``args.json``, ``vocab.json`` and ``best_model.pt`` (or
+            ``.safetensors``).
+        prefixes
+            State-dict prefixes to load.
+        **kwargs
+            Other :class:`SCGPTPerturbation` arguments (they win over ``args.json``).
+
+        Returns
+        -------
+        The model; ``model.pretrained_report_`` says what was loaded.
+        """
+        arch = {
+            k: v
+            for k, v in args_to_kwargs(read_args(pretrained_dir)).items()
+            if k in ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls")
+        }
+        kwargs.setdefault("vocab", read_vocab(pretrained_dir))
+        model = cls(adata, **{**arch, **kwargs})
+        model.pretrained_report_ = load_pretrained_parts(
+            model.module, pretrained_dir, prefixes=tuple(prefixes), vocab=model.vocab_
+        )
+        return model
+
+    # ------------------------------------------------------------------ training
+    def train(
+        self,
+        max_epochs: int = 15,
+        batch_size: int = 64,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = 0.9,
+        validation_size: float | None = None,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train with scvi-tools' machinery and :class:`SCGPTTrainingPlan`.
+
+        Each cell is paired with a control cell, redrawn each epoch; the loss is the MSE of the
+        predicted against the cell's expression.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the cells (the original tutorial: 15).
+        batch_size
+            Cells per minibatch (the original tutorial: 64).
+        accelerator, devices
+            Lightning device selection.
+        train_size, validation_size
+            Split of the cells.
+        plan_kwargs
+            :class:`SCGPTTrainingPlan` options (``lr``, ``lr_schedule``, ``warmup_ratio``, ...)
+            and objective weights (``mlm_weight``, ``mvc_weight``, ``ecs_weight``).
+        **kwargs
+            Other ``UnsupervisedTrainingMixin.train`` / Lightning ``Trainer`` arguments;
+            ``gradient_clip_val`` defaults to 1.0.
+        """
+        kwargs.setdefault("gradient_clip_val", 1.0)
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            plan_kwargs=plan_kwargs,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------------ prediction
+    def _targets(self, perturbations: Sequence[str]) -> list[torch.Tensor]:
+        """Vocabulary ids of each perturbation's target genes (errors name the bad input)."""
+        vocab = GeneVocab(self.vocab_)
+        out = []
+        for p in perturbations:
+            genes = parse_condition(p, *self._parse_args())
+            missing = [g for g in genes if g not in vocab]
+            if missing:
+                raise ValueError(
+                    f"Perturbation {p!r}: genes {missing} are neither measured nor in the "
+                    "model's vocabulary, so the model cannot represent them."
+                )
+            out.append(torch.as_tensor(vocab.lookup(genes) or [-1], dtype=torch.long))
+        return out
+
+    def predict_perturbation(
+        self,
+        perturbations: str | Sequence[str],
+        n_control_cells: int | None = 300,
+        return_type: str = "mean",
+        batch_size: int = 64,
+        seed: int = 0,
+    ) -> AnnData:
+        """Predicted expression under each perturbation (log1p-normalised space).
+
+        Each perturbation is applied to the same control cells; their predictions are
+        averaged (``"mean"``) or returned per cell (``"cells"``).
+
+        Parameters
+        ----------
+        perturbations
+            Condition strings (``"A"``, ``"A+ctrl"``, ``"A+B"``, the control category), seen in
+            training or not; every gene must be in the model's vocabulary.
+        n_control_cells
+            Control cells to perturb (drawn without replacement with ``seed``); ``None``: all.
+        return_type
+            ``"mean"``: perturbations x genes, ``obs_names`` = the strings as passed.
+            ``"cells"``: one row per (perturbation, control cell), ``obs['condition']`` and
+            ``obs['control_cell']`` say which.
+        batch_size
+            Cells per forward pass.
+        seed
+            Seed of the control-cell draw.
+
+        Returns
+        -------
+        AnnData with ``var_names`` = the registered AnnData's ``var_names``.
+        """
+        if isinstance(perturbations, str):
+            perturbations = [perturbations]
+        perturbations = list(perturbations)
+        if return_type not in ("mean", "cells"):
+            raise ValueError(f"return_type must be 'mean' or 'cells'; got {return_type!r}.")
+        dup = pd.Index(perturbations)[pd.Index(perturbations).duplicated()]
+        if len(dup):
+            raise ValueError(f"Perturbations are listed twice: {list(dup)}.")
+        targets = self._targets(perturbations)
+        controls = self._control_subset(n_control_cells, seed)
+        preds = [self._predict_one(t, controls, batch_size) for t in targets]
+        var = pd.DataFrame(index=self.adata.var_names.copy())
+        if return_type == "mean":
+            X = np.stack([p.mean(0) for p in preds]) if preds else np.zeros((0, len(var)))
+            obs = pd.DataFrame({"n_control_cells": len(controls)}, index=perturbations)
+            return AnnData(X.astype(np.float32), obs=obs, var=var)
+        ctrl_names = np.asarray(self.adata.obs_names[self._control_rows()[controls]])
+        obs = pd.DataFrame(
+            {
+                "condition": np.repeat(perturbations, len(controls)),
+                "control_cell": np.tile(ctrl_names, len(perturbations)),
+            }
+        )
+        obs.index = obs["condition"] + "|" + obs["control_cell"]
+        return AnnData(np.concatenate(preds).astype(np.float32), obs=obs, var=var)
+
+    def _control_subset(self, n: int | None, seed: int) -> np.ndarray:
+        n_pool = self.module.control_x.shape[0]
+        if n is None or n >= n_pool:
+            return np.arange(n_pool)
+        if n < 1:
+            raise ValueError(f"n_control_cells must be >= 1; got {n}.")
+        return np.sort(np.random.default_rng(seed).choice(n_pool, n, replace=False))
+
+    def _predict_one(self, targets: torch.Tensor, controls: np.ndarray, batch_size: int):
+        was_training = self.module.training
+        self.module.eval()
+        try:
+            out = []
+            for start in range(0, len(controls), batch_size):
+                idx = torch.as_tensor(controls[start : start + batch_size])
+                t = targets.unsqueeze(0).expand(len(idx), -1)
+                out.append(self.module.predict_expression(idx, t).float().cpu().numpy())
+        finally:
+            self.module.train(was_training)
+        return np.concatenate(out)

@@ -1,0 +1,427 @@
+"""``SCGPTPerturbationModule``: scGPT's ``TransformerGenerator`` as an scvi-tools module.
+
+The module predicts a perturbed cell's expression from a control cell's expression plus
+perturbation flags. Each training cell (perturbed or control) is paired with a control cell drawn
+from the module's control pool, keyed on ``(seed, epoch, cell key)`` so the pairing is
+reproducible, redrawn each epoch and independent of the minibatch.
+
+Tokens per cell: ``<cls>`` (value ``cls_value``, flag 0), then the chosen measured genes (the
+control's values; flag 1 at the cell's target genes, else 0), then the cell's target genes that
+are not measured (value 0, flag 1; pads with ``pert_pad_id`` where a cell has fewer). scGPT's
+``pred_perturb`` has no ``<cls>``: its "cls" cell embedding is then the state of the first gene.
+We prepend ``<cls>`` as in pretraining, so the CLS/ECS/MVC heads see a real cell embedding; the
+affine decoder's output at ``<cls>`` is ignored.
+"""
+
+from __future__ import annotations
+
+import torch
+from scvi import REGISTRY_KEYS
+from scvi.module.base import LossOutput, auto_move_data
+from torch import nn
+
+from ..data import keyed_uniform
+from ..nn import AffineExprDecoder, ecs_loss
+from ._constants import CELL_KEY
+from ._scgpt import SCGPTModule, _per_cell_mse, _prefixed, _regression
+
+__all__ = ["SCGPTPerturbationModule", "PERT_KEY", "GENE_SELECTIONS", "log_normalize"]
+
+#: Registry key of the perturbation condition codes.
+PERT_KEY = "perturbation"
+GENE_SELECTIONS = ("all", "batch-wise")
+#: keyed_uniform stream of the control pairing (tokeniser streams use 1-3).
+STREAM_PAIR = 4
+
+
+def log_normalize(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
+    """``log1p`` of counts scaled to ``target_sum`` per cell (all-zero cells stay zero)."""
+    total = x.sum(1, keepdim=True)
+    return torch.log1p(x * (target_sum / total.clamp(min=1e-12)))
+
+
+class SCGPTPerturbationModule(SCGPTModule):
+    """scGPT's ``TransformerGenerator``: control expression + perturbation flags -> expression.
+
+    Shares ``encoder``, ``value_encoder`` (continuous), ``transformer_encoder``, ``cls_decoder``
+    and ``mvc_decoder`` with :class:`~scgpt_scvi.module.SCGPTModule`; adds ``pert_encoder``
+    (``nn.Embedding(3, d_model, padding_idx=pert_pad_id)``: 0 not perturbed, 1 perturbed,
+    ``pert_pad_id`` pad) and replaces ``decoder`` by
+    :class:`~scgpt_scvi.nn.AffineExprDecoder` (``decoder.coeff_decoder``,
+    ``decoder.bias_decoder``). Parameter names follow the original, so its state dicts load
+    after :func:`scgpt_scvi._checkpoint.to_torch_layout`.
+
+    Parameters
+    ----------
+    ntoken, d_model, nhead, d_hid, nlayers, nlayers_cls, n_cls, dropout
+        As :class:`~scgpt_scvi.module.SCGPTModule`.
+    pad_id, cls_id
+        Vocabulary ids of ``<pad>`` and ``<cls>``.
+    pad_value
+        Input value at pads (the original's default 0; also the ``<cls>`` value).
+    pert_pad_id
+        Flag id at pads (the original's ``pert_pad_id``; its embedding row stays zero).
+    do_mvc, mvc_decoder_style, cell_emb_style, ecs_threshold, pre_norm, attention_backend
+        As :class:`~scgpt_scvi.module.SCGPTModule`.
+    decoder_activation
+        ``torch.nn`` activation name applied to the affine decoder's output, or ``None``.
+    decoder_adaptive_bias
+        Scale the decoder bias by the mean of each cell's non-zero inputs.
+    explicit_zero_prob
+        Also predict P(non-zero) per gene; predictions are then ``P(non-zero) * value`` (the
+        original samples a Bernoulli in eval mode instead).
+    gene_token_ids
+        ``(n_vars,)`` vocabulary id of each input column (-1: not modelled).
+    condition_targets
+        ``(n_conditions, T)`` vocabulary ids of each registered condition's target genes, -1
+        padded (row order = the registered condition codes).
+    control_x
+        ``(n_control, n_vars)`` expression of the control cells (the registered values).
+    normalize_counts
+        The registered values are counts: normalise to 1e4 per cell and ``log1p`` each
+        minibatch (inputs and targets).
+    gene_selection
+        Genes fed and scored in training: ``"all"`` (every modelled gene) or ``"batch-wise"``
+        (genes non-zero in any cell of the minibatch, control inputs and perturbed cells, plus
+        the minibatch's target genes; the original's ``pred_perturb`` looks at the control
+        inputs only, so it never scores genes that only perturbed cells express). Prediction
+        with ``"batch-wise"`` feeds the genes non-zero in any control cell of the pool (so a
+        cell's prediction does not depend on its minibatch) plus the targets; genes not fed are
+        predicted 0, as in the original.
+    seed
+        Seed of the control pairing.
+    """
+
+    def __init__(
+        self,
+        ntoken: int,
+        d_model: int = 512,
+        nhead: int = 8,
+        d_hid: int = 512,
+        nlayers: int = 12,
+        nlayers_cls: int = 3,
+        n_cls: int = 1,
+        dropout: float = 0.2,
+        pad_id: int = 0,
+        cls_id: int = 1,
+        pad_value: float = 0.0,
+        pert_pad_id: int = 2,
+        do_mvc: bool = False,
+        mvc_decoder_style: str = "inner product",
+        cell_emb_style: str = "cls",
+        decoder_activation: str | None = None,
+        decoder_adaptive_bias: bool = False,
+        ecs_threshold: float = 0.3,
+        explicit_zero_prob: bool = False,
+        pre_norm: bool = False,
+        attention_backend: str = "sdpa",
+        gene_token_ids: torch.Tensor | None = None,
+        condition_targets: torch.Tensor | None = None,
+        control_x: torch.Tensor | None = None,
+        normalize_counts: bool = False,
+        gene_selection: str = "batch-wise",
+        seed: int = 0,
+    ):
+        if gene_selection not in GENE_SELECTIONS:
+            raise ValueError(
+                f"Unknown gene_selection {gene_selection!r}; choose one of {GENE_SELECTIONS}."
+            )
+        if pert_pad_id not in (0, 1, 2):
+            raise ValueError(f"pert_pad_id must be 0, 1 or 2; got {pert_pad_id}.")
+        super().__init__(
+            ntoken,
+            d_model=d_model,
+            nhead=nhead,
+            d_hid=d_hid,
+            nlayers=nlayers,
+            nlayers_cls=nlayers_cls,
+            n_cls=n_cls,
+            dropout=dropout,
+            pad_id=pad_id,
+            cls_id=cls_id,
+            pad_value=pad_value,
+            do_mvc=do_mvc,
+            input_emb_style="continuous",
+            cell_emb_style=cell_emb_style,
+            mvc_decoder_style=mvc_decoder_style,
+            ecs_threshold=ecs_threshold,
+            explicit_zero_prob=explicit_zero_prob,
+            pre_norm=pre_norm,
+            attention_backend=attention_backend,
+            gene_token_ids=gene_token_ids,
+            n_bins=None,
+            cls_value=pad_value,
+            seed=seed,
+        )
+        self.pert_pad_id, self.gene_selection = pert_pad_id, gene_selection
+        self.normalize_counts = normalize_counts
+        self.pert_encoder = nn.Embedding(3, d_model, padding_idx=pert_pad_id)
+        # scGPT's generator decodes with coeff * value + bias instead of TransformerModel's MLP.
+        self.decoder = AffineExprDecoder(
+            d_model,
+            explicit_zero_prob=explicit_zero_prob,
+            activation=decoder_activation,
+            adaptive_bias=decoder_adaptive_bias,
+        )
+        if condition_targets is None:
+            condition_targets = torch.full((0, 1), -1, dtype=torch.long)
+        if control_x is None:
+            control_x = torch.zeros(0, len(self.gene_token_ids))
+        # Rebuilt from the AnnData by the model on every construction (also on load).
+        self.register_buffer(
+            "condition_targets", torch.as_tensor(condition_targets).long(), persistent=False
+        )
+        self.register_buffer("control_x", torch.as_tensor(control_x).float(), persistent=False)
+
+    # ---------------------------------------------------------------- pairing and tokens
+    def pair_controls(self, cell_keys: torch.Tensor, seed: int | None = None) -> torch.Tensor:
+        """Control-pool row paired with each cell, keyed on ``(seed, epoch, cell key)``.
+
+        ``seed`` defaults to the module's draw seed: redrawn each training epoch, fixed in eval.
+        """
+        n = self.control_x.shape[0]
+        if n == 0:
+            raise ValueError("The module has no control cells to pair with.")
+        seed = self._draw_seed() if seed is None else seed
+        zero = torch.zeros(1, dtype=torch.long, device=cell_keys.device)
+        u = keyed_uniform(seed, cell_keys, zero, STREAM_PAIR)[:, 0]
+        return (u * n).long().clamp(max=n - 1)
+
+    def _is_target(self, targets: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, C)``: whether each token id is one of the cell's ``targets`` ``(B, T)``."""
+        hit = token_ids[None, :, None] == targets[:, None, :]
+        return (hit & (targets[:, None, :] >= 0)).any(-1)
+
+    def _columns(
+        self, nonzero: torch.Tensor, targets: torch.Tensor, selection: str
+    ) -> torch.Tensor:
+        """Input columns fed as gene tokens: every modelled gene (``"all"``), or the modelled
+        genes that are ``nonzero`` ``(n_vars,)`` or targets of the minibatch (``"batch-wise"``).
+        """
+        keep = self.gene_token_ids >= 0
+        if selection == "batch-wise":
+            keep = keep & (nonzero | self._is_target(targets, self.gene_token_ids).any(0))
+        return torch.nonzero(keep).flatten()
+
+    def _unmeasured_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Targets that are no input column, -1 elsewhere; all-pad columns dropped."""
+        measured = (targets[:, :, None] == self.gene_token_ids[None, None, :]).any(-1)
+        extra = targets.masked_fill(measured | (targets < 0), -1)
+        return extra[:, (extra >= 0).any(0)]
+
+    def build_tokens(
+        self, x_in: torch.Tensor, targets: torch.Tensor, columns: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Tokens ``<cls>`` + ``columns`` of ``x_in`` + unmeasured targets.
+
+        Returns ``gene_ids``, ``values``, ``pert_flags`` and ``padding_mask``, all ``(B, L)``.
+        """
+        B, dev = x_in.shape[0], x_in.device
+        extra = self._unmeasured_targets(targets)
+        pad = extra < 0
+        first = torch.zeros(B, 1, dtype=torch.long, device=dev)
+        is_target = self._is_target(targets, self.gene_token_ids[columns])
+        col_ids = self.gene_token_ids[columns].expand(B, -1)
+        cls_value = torch.full((B, 1), self.cls_value, dtype=x_in.dtype, device=dev)
+        extra_values = torch.zeros(extra.shape, dtype=x_in.dtype, device=dev)
+        return {
+            "gene_ids": torch.cat(
+                [first + self.cls_id, col_ids, extra.masked_fill(pad, self.pad_id)], 1
+            ),
+            "values": torch.cat(
+                [cls_value, x_in[:, columns], extra_values.masked_fill(pad, self.pad_value)], 1
+            ),
+            "pert_flags": torch.cat(
+                [
+                    first,
+                    is_target.long(),
+                    torch.ones_like(extra).masked_fill(pad, self.pert_pad_id),
+                ],
+                1,
+            ),
+            "padding_mask": torch.cat([is_target.new_zeros(B, 1 + columns.numel()), pad], 1),
+        }
+
+    def encode_tokens(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        pert_flags: torch.Tensor,
+        padding_mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Gene + value + perturbation-flag embeddings -> transformer states and gene embeddings."""
+        return self.encode(gene_ids, values, padding_mask, extra_embs=self.pert_encoder(pert_flags))
+
+    # ---------------------------------------------------------------- scvi hooks
+    def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
+        return {
+            "x": tensors[REGISTRY_KEYS.X_KEY],
+            "condition": tensors[PERT_KEY],
+            "cell_keys": tensors.get(CELL_KEY),
+        }
+
+    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return log_normalize(x) if self.normalize_counts else x
+
+    @auto_move_data
+    def inference(
+        self,
+        x: torch.Tensor | None = None,
+        condition: torch.Tensor | None = None,
+        cell_keys: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        control_index: torch.Tensor | None = None,
+        gene_selection: str | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Pair with controls, tokenise and encode.
+
+        Parameters
+        ----------
+        x
+            ``(B, n_vars)`` expression of the cells to predict (the targets; optional when
+            predicting).
+        condition
+            ``(B,)`` or ``(B, 1)`` registered condition codes (gives ``targets``).
+        cell_keys
+            ``(B,)`` per-cell keys of the control pairing.
+        targets
+            ``(B, T)`` vocabulary ids of each cell's target genes (-1 padded); overrides
+            ``condition``.
+        control_index
+            ``(B,)`` rows of the control pool to use as inputs; default: keyed pairing.
+        gene_selection
+            Overrides the module's ``gene_selection``.
+        """
+        if targets is None:
+            targets = self.condition_targets[condition.reshape(-1).long()]
+        if control_index is None:
+            if cell_keys is None:
+                cell_keys = torch.arange(targets.shape[0], device=targets.device)
+            control_index = self.pair_controls(cell_keys.reshape(-1).long())
+        x_in = self._prepare(self.control_x[control_index])
+        x = None if x is None else self._prepare(x)
+        if x is None:  # prediction: genes expressed anywhere in the control pool
+            nonzero = (self.control_x != 0).any(0)
+        else:  # genes expressed in any cell of the minibatch, inputs or targets
+            nonzero = (x_in != 0).any(0) | (x != 0).any(0)
+        columns = self._columns(nonzero, targets, gene_selection or self.gene_selection)
+        tok = self.build_tokens(x_in, targets, columns)
+        h, gene_embs = self.encode_tokens(**tok)
+        out = {
+            "h": h,
+            "cell_emb": self.cell_embedding(h, tok["values"], tok["padding_mask"]),
+            "gene_embs": gene_embs,
+            "columns": columns,
+            "x_in": x_in,
+            **tok,
+        }
+        if x is not None:
+            out["target_values"] = x[:, columns]
+        return out
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        return {k: inference_outputs[k] for k in ("h", "cell_emb", "gene_embs", "values")}
+
+    def generative(
+        self,
+        h: torch.Tensor,
+        cell_emb: torch.Tensor,
+        gene_embs: torch.Tensor,
+        values: torch.Tensor,
+        do_mvc: bool | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Heads: ``mlm_output`` (affine, + ``mlm_nonzero_prob``), ``cls_output``,
+        ``mvc_output`` (+ ``mvc_nonzero_prob``) as the module has them."""
+        out = _prefixed("mlm", self.decoder(h, values))
+        out["cls_output"] = self.cls_decoder(cell_emb)
+        if self.do_mvc and do_mvc is not False:
+            out.update(_prefixed("mvc", self.mvc_decoder(cell_emb, gene_embs)))
+        return out
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict[str, torch.Tensor],
+        generative_outputs: dict[str, torch.Tensor],
+        mlm_weight: float = 1.0,
+        mvc_weight: float | None = None,
+        ecs_weight: float = 0.0,
+    ) -> LossOutput:
+        """MSE of the predicted against the perturbed cell's expression on the fed genes.
+
+        Plus the P(non-zero) NLL with ``explicit_zero_prob``, the MVC term (weight 1 by default
+        with ``do_mvc``) and ECS (``ecs_weight``). Weights reach here through ``plan_kwargs``.
+        """
+        inf = inference_outputs
+        n_cols = inf["columns"].numel()
+        gen = {k: v[:, 1 : 1 + n_cols] for k, v in generative_outputs.items() if v.dim() == 2}
+        target = inf["target_values"]
+        mask = torch.ones_like(target, dtype=torch.bool)
+        terms = {"mlm": _regression(gen, "mlm", target, mask)}
+        weights = {"mlm": mlm_weight}
+        if "mvc_output" in gen:
+            terms["mvc"] = _regression(gen, "mvc", target, mask)
+            weights["mvc"] = 1.0 if mvc_weight is None else mvc_weight
+        if ecs_weight > 0:
+            terms["ecs"] = ecs_loss(inf["cell_emb"], self.ecs_threshold)
+            weights["ecs"] = ecs_weight
+        return LossOutput(
+            loss=sum(weights[k] * v for k, v in terms.items()),
+            reconstruction_loss=_per_cell_mse(gen["mlm_output"], target, mask),
+            n_obs_minibatch=target.shape[0],
+            extra_metrics={f"loss_{k}": v.detach() for k, v in terms.items()},
+        )
+
+    # ---------------------------------------------------------------- prediction
+    @torch.inference_mode()
+    def predict_expression(
+        self, control_index: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """Predicted ``(B, n_vars)`` expression (log1p-normalised space) of control cells
+        ``control_index`` under perturbation ``targets`` ``(B, T)``.
+
+        Genes are fed as ``gene_selection`` says; modelled genes not fed are predicted 0 and
+        genes outside the vocabulary keep the control's value. With ``explicit_zero_prob`` the
+        prediction is ``P(non-zero) * value``.
+        """
+        inf = self.inference(
+            targets=targets.to(self.device), control_index=control_index.to(self.device)
+        )
+        gen = self.generative(inf["h"], inf["cell_emb"], inf["gene_embs"], inf["values"], False)
+        cols = inf["columns"]
+        pred = gen["mlm_output"][:, 1 : 1 + cols.numel()]
+        if "mlm_nonzero_prob" in gen:
+            pred = pred * gen["mlm_nonzero_prob"][:, 1 : 1 + cols.numel()]
+        x_in = inf["x_in"]
+        out = torch.where(self.gene_token_ids >= 0, torch.zeros_like(x_in), x_in)
+        out[:, cols] = pred.to(out.dtype)
+        return out
+
+    # ---------------------------------------------------------------- original-style forward
+    def forward_tokens(
+        self,
+        gene_ids: torch.Tensor,
+        values: torch.Tensor,
+        input_pert_flags: torch.Tensor,
+        padding_mask: torch.Tensor,
+        CLS: bool = False,
+        MVC: bool = False,
+        ECS: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """scGPT's ``TransformerGenerator.forward`` on ready-made tokens (parity entry point).
+
+        Returns ``mlm_output`` (+ ``mlm_nonzero_prob``, never sampled), ``cell_emb`` (which the
+        original does not return), and ``cls_output``, ``mvc_output``, ``loss_ecs`` on request.
+        """
+        h, gene_embs = self.encode_tokens(gene_ids, values, input_pert_flags, padding_mask)
+        cell_emb = self.cell_embedding(h, values, padding_mask)
+        gen = self.generative(h, cell_emb, gene_embs, values, do_mvc=MVC)
+        out = {"cell_emb": cell_emb, "mlm_output": gen["mlm_output"]}
+        for k in ("mlm_nonzero_prob", "mvc_output", "mvc_nonzero_prob"):
+            if k in gen:
+                out[k] = gen[k]
+        if CLS:
+            out["cls_output"] = gen["cls_output"]
+        if ECS:
+            out["loss_ecs"] = ecs_loss(cell_emb, self.ecs_threshold)
+        return out

@@ -1,0 +1,476 @@
+"""SCGPTPerturbation / SCGPTPerturbationModule: parity, parsing, pairing, prediction, baselines."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from scgpt_scvi import SCGPTPerturbation, SCGPTPerturbationModule
+from scgpt_scvi._checkpoint import LOCAL_ONLY_KEYS, to_torch_layout
+from scgpt_scvi.model._perturbation import holds_counts, parse_condition
+from scgpt_scvi.module._perturbation import log_normalize
+from scgpt_scvi.perturbation_metrics import (
+    evaluate_perturbations,
+    pearson_delta,
+    perturbation_baselines,
+    top_de_genes,
+)
+
+torch.set_num_threads(1)
+
+SMALL = {"d_model": 16, "nhead": 2, "d_hid": 16, "nlayers": 1, "nlayers_cls": 2}
+CONDITIONS = ["ctrl"] * 30 + ["g1"] * 12 + ["g2+ctrl"] * 12 + ["g1+g3"] * 12 + ["X"] * 12
+
+
+def make_adata(seed: int = 0, conditions=CONDITIONS, n_genes: int = 12) -> ad.AnnData:
+    """Counts for genes g0.. with perturbation-specific shifts; target X is not measured."""
+    rng = np.random.default_rng(seed)
+    rate = np.full((len(conditions), n_genes), 2.0)
+    for i, c in enumerate(conditions):
+        if "g1" in c:
+            rate[i, 4] += 6
+        if "X" in c:
+            rate[i, 5] = 0.2
+    obs = pd.DataFrame({"cond": conditions}, index=[f"cell{i}" for i in range(len(conditions))])
+    var = pd.DataFrame(index=[f"g{i}" for i in range(n_genes)])
+    return ad.AnnData(rng.poisson(rate).astype(np.float32), obs=obs, var=var)
+
+
+@pytest.fixture(scope="module")
+def trained() -> SCGPTPerturbation:
+    adata = make_adata()
+    SCGPTPerturbation.setup_anndata(adata, "cond")
+    torch.manual_seed(0)
+    model = SCGPTPerturbation(adata, **SMALL)
+    model.train(max_epochs=2, batch_size=32, enable_progress_bar=False, plan_kwargs={"lr": 1e-3})
+    return model
+
+
+# ------------------------------------------------------------------ parity
+def _generator(fixtures_dir):
+    folder = fixtures_dir / "generator"
+    cfg = json.loads((folder / "config.json").read_text())["kwargs"]
+    vocab = json.loads((folder / "vocab.json").read_text())
+    module = SCGPTPerturbationModule(
+        ntoken=cfg["ntoken"],
+        d_model=cfg["d_model"],
+        nhead=cfg["nhead"],
+        d_hid=cfg["d_hid"],
+        nlayers=cfg["nlayers"],
+        nlayers_cls=cfg["nlayers_cls"],
+        n_cls=cfg["n_cls"],
+        dropout=cfg["dropout"],
+        pad_id=vocab[cfg["pad_token"]],
+        cls_id=vocab["<cls>"],
+        pad_value=cfg["pad_value"],
+        pert_pad_id=cfg["pert_pad_id"],
+        do_mvc=cfg["do_mvc"],
+        decoder_adaptive_bias=cfg["decoder_adaptive_bias"],
+        explicit_zero_prob=cfg["explicit_zero_prob"],
+    )
+    sd = torch.load(folder / "best_model.pt", weights_only=True)
+    case = torch.load(folder / "case.pt", weights_only=True)
+    return module, to_torch_layout(sd), case
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_generator_parity(fixtures_dir, grad):
+    module, sd, case = _generator(fixtures_dir)
+    result = module.load_state_dict(sd, strict=False)
+    assert result.unexpected_keys == []
+    assert set(result.missing_keys) <= set(LOCAL_ONLY_KEYS)
+    module.eval()
+    inp = case["inputs"]
+    with torch.set_grad_enabled(grad):
+        out = module.forward_tokens(
+            inp["gene_ids"],
+            inp["values"],
+            inp["input_pert_flags"],
+            inp["src_key_padding_mask"],
+            CLS=True,
+            ECS=True,
+        )
+    ref = case["outputs_grad_enabled" if grad else "outputs"]
+    keep = ~inp["src_key_padding_mask"]
+    torch.testing.assert_close(out["mlm_output"][keep], ref["mlm_output"][keep], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["cls_output"], ref["cls_output"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out["loss_ecs"], ref["loss_ecs"], atol=1e-5, rtol=0)
+    extras = case["extras_grad_enabled" if grad else "extras"]
+    torch.testing.assert_close(out["cell_emb"], extras["cell_emb"], atol=1e-5, rtol=0)
+
+
+def test_generator_parity_detects_wrong_flags(fixtures_dir):
+    """The flag embedding matters: all-zero flags change the output."""
+    module, sd, case = _generator(fixtures_dir)
+    module.load_state_dict(sd, strict=False)
+    module.eval()
+    inp = case["inputs"]
+    flags = torch.where(inp["src_key_padding_mask"], 2, 0)
+    with torch.no_grad():
+        out = module.forward_tokens(
+            inp["gene_ids"], inp["values"], flags, inp["src_key_padding_mask"]
+        )
+    keep = ~inp["src_key_padding_mask"]
+    assert (out["mlm_output"][keep] - case["outputs"]["mlm_output"][keep]).abs().max() > 1e-4
+
+
+# ------------------------------------------------------------------ parsing
+@pytest.mark.parametrize(
+    ("condition", "genes"),
+    [("ctrl", ()), ("A", ("A",)), ("A+ctrl", ("A",)), ("ctrl+A", ("A",)), ("A+B", ("A", "B"))],
+)
+def test_parse_condition(condition, genes):
+    assert parse_condition(condition) == genes
+
+
+@pytest.mark.parametrize("bad", ["", "A++B", "+A", "A+", " A", "A+A"])
+def test_parse_condition_malformed(bad):
+    with pytest.raises(ValueError, match=repr(bad).replace("+", r"\+")):
+        parse_condition(bad)
+
+
+def test_parse_condition_custom_delimiter():
+    assert parse_condition("A_B", control_category="control", delimiter="_") == ("A", "B")
+    assert parse_condition("control", control_category="control") == ()
+
+
+# ------------------------------------------------------------------ tokens and pairing
+def _module(n_ctrl: int = 7) -> SCGPTPerturbationModule:
+    # columns g0..g3 -> ids 0..3; X (unmeasured target) -> 4; <pad> 5, <cls> 6
+    torch.manual_seed(0)
+    ctrl = torch.arange(n_ctrl * 4, dtype=torch.float32).reshape(n_ctrl, 4) % 3
+    return SCGPTPerturbationModule(
+        ntoken=7,
+        pad_id=5,
+        cls_id=6,
+        **SMALL,
+        gene_token_ids=torch.tensor([0, 1, 2, 3]),
+        condition_targets=torch.tensor([[-1, -1], [1, -1], [1, 4]]),
+        control_x=ctrl,
+        gene_selection="all",
+    )
+
+
+def test_tokens_flags_and_extra_targets():
+    m = _module()
+    x_in = torch.tensor([[1.0, 0.0, 2.0, 0.0], [0.0, 3.0, 0.0, 1.0]])
+    targets = torch.tensor([[1, 4], [-1, -1]])
+    tok = m.build_tokens(x_in, targets, torch.arange(4))
+    assert tok["gene_ids"].tolist() == [[6, 0, 1, 2, 3, 4], [6, 0, 1, 2, 3, 5]]
+    assert tok["pert_flags"].tolist() == [[0, 0, 1, 0, 0, 1], [0, 0, 0, 0, 0, 2]]
+    assert tok["values"].tolist() == [[0, 1, 0, 2, 0, 0], [0, 0, 3, 0, 1, 0]]
+    assert tok["padding_mask"].tolist() == [[False] * 6, [False] * 5 + [True]]
+    # without unmeasured targets no extra column is appended
+    tok = m.build_tokens(x_in, torch.tensor([[1], [-1]]), torch.arange(4))
+    assert tok["gene_ids"].shape == (2, 5)
+
+
+def test_batch_wise_selection_keeps_targets_and_expressed_genes():
+    m = _module()
+    nonzero = torch.tensor([True, False, False, False])
+    cols = m._columns(nonzero, torch.tensor([[2, -1]]), "batch-wise")
+    assert cols.tolist() == [0, 2]
+    assert m._columns(nonzero, torch.tensor([[2, -1]]), "all").tolist() == [0, 1, 2, 3]
+
+
+def test_pairing_reproducible_and_redrawn():
+    m = _module(n_ctrl=50)
+    keys = torch.arange(100, 140)
+    m.train()
+    m.epoch = 0
+    first = m.pair_controls(keys)
+    assert torch.equal(first, m.pair_controls(keys))
+    # a cell's partner does not depend on the other cells in its minibatch
+    assert torch.equal(first[5:9], m.pair_controls(keys[5:9]))
+    assert first.min() >= 0 and first.max() < 50
+    m.epoch = 1
+    assert not torch.equal(first, m.pair_controls(keys))
+    m.eval()
+    fixed = m.pair_controls(keys)
+    m.epoch = 3
+    assert torch.equal(fixed, m.pair_controls(keys))
+
+
+def test_training_loss_is_mse_on_fed_genes():
+    m = _module()
+    m.eval()
+    x = torch.rand(3, 4)
+    tensors = {"X": x, "perturbation": torch.tensor([[0], [1], [2]]), "cell_key": torch.arange(3)}
+    inf, gen, loss = m(tensors)
+    pred = gen["mlm_output"][:, 1:5]
+    assert torch.allclose(loss.loss, ((pred - x) ** 2).mean())
+    assert inf["pert_flags"][2].tolist() == [0, 0, 1, 0, 0, 1]
+
+
+# ------------------------------------------------------------------ model
+def test_setup_detects_counts_and_log_values():
+    adata = make_adata()
+    assert holds_counts(adata.X)
+    logged = adata.copy()
+    logged.X = log_normalize(torch.from_numpy(adata.X)).numpy()
+    assert not holds_counts(logged.X)
+
+
+def test_counts_and_lognormalised_input_agree():
+    """Counts are log-normalised inside the module: same weights -> same predictions."""
+    counts = make_adata()
+    logged = counts.copy()
+    logged.X = log_normalize(torch.from_numpy(counts.X)).numpy()
+    preds = []
+    for adata in (counts, logged):
+        SCGPTPerturbation.setup_anndata(adata, "cond")
+        torch.manual_seed(1)
+        model = SCGPTPerturbation(adata, **SMALL)
+        preds.append(model.predict_perturbation(["g1", "g1+g3"], n_control_cells=10).X)
+    assert model.module.normalize_counts is False
+    np.testing.assert_allclose(preds[0], preds[1], atol=1e-5)
+
+
+def test_counts_layer_registered():
+    adata = make_adata()
+    adata.layers["counts"] = adata.X.copy()
+    adata.X = log_normalize(torch.from_numpy(adata.X)).numpy()
+    SCGPTPerturbation.setup_anndata(adata, "cond", layer="counts")
+    model = SCGPTPerturbation(adata, **SMALL)
+    assert model.module.normalize_counts is True
+
+
+def test_vocab_holds_measured_and_target_genes(trained):
+    vocab = trained.vocab_
+    assert [vocab[f"g{i}"] for i in range(12)] == list(range(12))
+    assert vocab["X"] == 12
+    assert {"<pad>", "<cls>", "<eoc>"} <= set(vocab)
+
+
+def test_training_records_loss(trained):
+    assert trained.is_trained_
+    assert "loss_mlm_train" in trained.history
+    assert np.isfinite(trained.history["train_loss"].to_numpy(dtype=float)).all()
+
+
+def test_predict_names_seen_and_unseen(trained):
+    perts = ["g1+g2", "g1", "g2+ctrl", "X", "g7", "g7+X", "ctrl"]
+    pred = trained.predict_perturbation(perts, n_control_cells=8)
+    assert pred.obs_names.tolist() == perts
+    assert pred.var_names.equals(trained.adata.var_names)
+    assert np.isfinite(pred.X).all()
+    # different perturbations give different predictions
+    assert np.abs(pred.X[0] - pred.X[-1]).max() > 0
+    cells = trained.predict_perturbation(["g1", "X"], n_control_cells=5, return_type="cells")
+    assert cells.shape == (10, 12)
+    assert cells.obs["condition"].tolist() == ["g1"] * 5 + ["X"] * 5
+    assert cells.obs_names.is_unique
+    np.testing.assert_allclose(
+        cells.X[:5].mean(0), trained.predict_perturbation("g1", n_control_cells=5).X[0], atol=1e-5
+    )
+
+
+def test_predict_independent_of_batch_size(trained):
+    a = trained.predict_perturbation(["g1+g3"], n_control_cells=None, batch_size=7)
+    b = trained.predict_perturbation(["g1+g3"], n_control_cells=None, batch_size=64)
+    np.testing.assert_allclose(a.X, b.X, atol=1e-5)
+
+
+def test_save_load_roundtrip(trained, tmp_path):
+    trained.save(tmp_path / "m", overwrite=True)
+    loaded = SCGPTPerturbation.load(tmp_path / "m", adata=trained.adata)
+    perts = ["g1+g3", "X", "g7"]
+    np.testing.assert_allclose(
+        trained.predict_perturbation(perts, n_control_cells=6).X,
+        loaded.predict_perturbation(perts, n_control_cells=6).X,
+        atol=1e-6,
+    )
+    assert loaded.vocab_ == trained.vocab_
+
+
+# ------------------------------------------------------------------ bad input
+def test_predict_unknown_gene_names_it(trained):
+    with pytest.raises(ValueError, match="NOTAGENE"):
+        trained.predict_perturbation(["g1+NOTAGENE"])
+
+
+@pytest.mark.parametrize("bad", ["g1++g2", "+g1", ""])
+def test_predict_malformed_condition(trained, bad):
+    with pytest.raises(ValueError, match=repr(bad).replace("+", r"\+")):
+        trained.predict_perturbation([bad])
+
+
+def test_predict_duplicates_and_return_type(trained):
+    with pytest.raises(ValueError, match="twice"):
+        trained.predict_perturbation(["g1", "g1"])
+    with pytest.raises(ValueError, match="return_type"):
+        trained.predict_perturbation(["g1"], return_type="median")
+
+
+def test_setup_without_controls():
+    adata = make_adata(conditions=["g1"] * 5 + ["g2"] * 5)
+    with pytest.raises(ValueError, match="No control cells"):
+        SCGPTPerturbation.setup_anndata(adata, "cond")
+    assert "_scvi_uuid" not in adata.uns
+
+
+def test_setup_malformed_condition_in_data():
+    adata = make_adata(conditions=["ctrl"] * 5 + ["g1++g2"] * 5)
+    with pytest.raises(ValueError, match=r"'g1\+\+g2'"):
+        SCGPTPerturbation.setup_anndata(adata, "cond")
+
+
+def test_setup_missing_column():
+    with pytest.raises(KeyError, match="nope"):
+        SCGPTPerturbation.setup_anndata(make_adata(), "nope")
+
+
+def test_given_vocab_must_hold_targets():
+    adata = make_adata()
+    SCGPTPerturbation.setup_anndata(adata, "cond")
+    vocab = {f"g{i}": i for i in range(12)} | {"<pad>": 12, "<cls>": 13, "<eoc>": 14}
+    with pytest.raises(ValueError, match="'X'"):
+        SCGPTPerturbation(adata, vocab=vocab, **SMALL)
+
+
+# ------------------------------------------------------------------ metrics and baselines
+def _exact_adata() -> ad.AnnData:
+    """Log-space values where every cell equals its condition's profile."""
+    ctrl = np.array([1.0, 2.0, 0.5, 0.0])
+    d_a, d_b = np.array([0.5, 0.0, -0.2, 0.1]), np.array([0.0, -1.0, 0.3, 0.4])
+    profiles = {"ctrl": ctrl, "A": ctrl + d_a, "B+ctrl": ctrl + d_b, "C": ctrl + 2 * d_b}
+    profiles["A+B"] = ctrl + d_a + d_b + np.array([0.05, 0.0, 0.0, -0.05])
+    conds = [c for c in profiles for _ in range(3)]
+    X = np.stack([profiles[c] for c in conds]) + 1e-3  # not integers
+    X[1::3] += 0.01  # some spread for the t-test
+    X[2::3] -= 0.01
+    obs = pd.DataFrame({"cond": conds}, index=[f"c{i}" for i in range(len(conds))])
+    return ad.AnnData(X, obs=obs, var=pd.DataFrame(index=list("wxyz"))), profiles
+
+
+def test_baselines_on_synthetic_data():
+    adata, prof = _exact_adata()
+    train = adata[adata.obs["cond"] != "A+B"].copy()
+    base = perturbation_baselines(train, "cond", ["A+B", "B", "D"])
+    ctrl = prof["ctrl"] + 1e-3
+    for name in ("no_change", "mean", "additive"):
+        assert base[name].obs_names.tolist() == ["A+B", "B", "D"]
+        assert base[name].var_names.tolist() == list("wxyz")
+    np.testing.assert_allclose(base["no_change"].X, np.tile(ctrl, (3, 1)), atol=1e-6)
+    mean = np.mean([prof[c] + 1e-3 for c in ("A", "B+ctrl", "C")], 0)
+    np.testing.assert_allclose(base["mean"].X[0], mean, atol=1e-6)
+    add = base["additive"]
+    np.testing.assert_allclose(
+        add.X[0], prof["A"] + prof["B+ctrl"] - prof["ctrl"] + 1e-3, atol=1e-6
+    )
+    np.testing.assert_allclose(add.X[1], prof["B+ctrl"] + 1e-3, atol=1e-6)
+    np.testing.assert_allclose(add.X[2], ctrl, atol=1e-6)  # D never perturbed alone
+    assert add.obs["n_singles_found"].tolist() == [2, 1, 0]
+
+
+def test_evaluate_scores_perfect_and_baselines():
+    adata, prof = _exact_adata()
+    truth = ad.AnnData(
+        adata[adata.obs["cond"] == "A+B"].X.mean(0, keepdims=True),
+        obs=pd.DataFrame(index=["A+B"]),
+        var=adata.var.copy(),
+    )
+    base = perturbation_baselines(adata[adata.obs["cond"] != "A+B"].copy(), "cond", ["A+B"])
+    scores = evaluate_perturbations({"truth": truth, **base}, adata, "cond", n_top_de=2)
+    s = scores.set_index("method")
+    assert s.loc["truth", "pearson_delta"] == pytest.approx(1.0)
+    assert s.loc["truth", "mse"] == pytest.approx(0.0, abs=1e-12)
+    assert np.isnan(s.loc["no_change", "pearson_delta"])
+    assert 0.9 < s.loc["additive", "pearson_delta"] < 1.0
+    assert s.loc["additive", "mse"] == pytest.approx(0.05**2 / 2, rel=1e-3)
+
+
+def test_pearson_delta_and_de_genes():
+    ctrl = np.zeros(5)
+    assert pearson_delta(np.arange(5.0), 2 * np.arange(5.0), ctrl) == pytest.approx(1.0)
+    assert pearson_delta(-np.arange(5.0), np.arange(5.0), ctrl) == pytest.approx(-1.0)
+    adata, _ = _exact_adata()
+    de = top_de_genes(adata, "cond", "C", n_top=2)
+    # C shifts genes x (-2.0), z (+0.8), y (+0.6): the two largest |t| are x and z
+    assert sorted(adata.var_names[de]) == ["x", "z"]
+
+
+def test_evaluate_rejects_unknown_condition():
+    adata, _ = _exact_adata()
+    pred = pd.DataFrame(np.zeros((1, 4)), index=["E"], columns=list("wxyz"))
+    with pytest.raises(ValueError, match="'E'"):
+        evaluate_perturbations({"m": pred}, adata, "cond")
+
+
+# ------------------------------------------------------------------ pretrained initialisation
+def _pbmc_adata(fixtures_dir, targets: tuple[str, str]) -> ad.AnnData:
+    genes = list(json.loads((fixtures_dir / "generator" / "vocab.json").read_text()))[:10]
+    conds = ["ctrl"] * 10 + [targets[0]] * 5 + [f"{targets[0]}+{targets[1]}"] * 5
+    adata = make_adata(conditions=conds, n_genes=10)
+    adata.var_names = genes
+    return adata
+
+
+def test_from_pretrained_loads_shared_parts(fixtures_dir):
+    folder = fixtures_dir / "generator"
+    vocab = json.loads((folder / "vocab.json").read_text())
+    targets = (list(vocab)[20], list(vocab)[30])  # in the checkpoint vocabulary, not measured
+    adata = _pbmc_adata(fixtures_dir, targets)
+    SCGPTPerturbation.setup_anndata(adata, "cond")
+    model = SCGPTPerturbation.from_pretrained(adata, folder)
+    assert model.vocab_ == vocab
+    assert model.module.d_model == 64
+    sd = to_torch_layout(torch.load(folder / "best_model.pt", weights_only=True))
+    own = model.module.state_dict()
+    for key in (
+        "encoder.embedding.weight",
+        "transformer_encoder.layers.1.self_attn.in_proj_weight",
+    ):
+        assert torch.equal(own[key], sd[key])
+    # the perturbation embedding and the heads are not loaded
+    assert not torch.equal(own["pert_encoder.weight"], sd["pert_encoder.weight"])
+    pred = model.predict_perturbation([f"{targets[1]}+{targets[0]}"], n_control_cells=4)
+    assert pred.obs_names.tolist() == [f"{targets[1]}+{targets[0]}"]
+
+
+def test_from_pretrained_needs_targets_in_vocab(fixtures_dir):
+    adata = _pbmc_adata(fixtures_dir, ("NOT_IN_VOCAB", "ALSO_NOT"))
+    SCGPTPerturbation.setup_anndata(adata, "cond")
+    with pytest.raises(ValueError, match="NOT_IN_VOCAB"):
+        SCGPTPerturbation.from_pretrained(adata, fixtures_dir / "generator")
+
+
+def test_metrics_normalise_counts_like_the_model():
+    counts = make_adata()
+    logged = counts.copy()
+    logged.X = log_normalize(torch.from_numpy(counts.X)).numpy()
+    a = perturbation_baselines(counts, "cond", ["g1+g2"])["additive"].X
+    b = perturbation_baselines(logged, "cond", ["g1+g2"])["additive"].X
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    assert np.abs(a - perturbation_baselines(counts, "cond", ["ctrl"])["additive"].X).max() > 0.1
+
+
+def test_mvc_zero_prob_options_train_and_predict():
+    torch.manual_seed(0)
+    m = SCGPTPerturbationModule(
+        ntoken=7,
+        pad_id=5,
+        cls_id=6,
+        **SMALL,
+        gene_token_ids=torch.tensor([0, 1, 2, 3]),
+        condition_targets=torch.tensor([[-1, -1], [1, 4]]),
+        control_x=torch.rand(5, 4),
+        do_mvc=True,
+        explicit_zero_prob=True,
+        decoder_adaptive_bias=True,
+        decoder_activation="ReLU",
+    )
+    tensors = {"X": torch.rand(4, 4), "perturbation": torch.tensor([0, 1, 1, 0])}
+    _, gen, loss = m(tensors, loss_kwargs={"ecs_weight": 1.0})
+    assert set(loss.extra_metrics) == {"loss_mlm", "loss_mvc", "loss_ecs"}
+    assert {"mlm_nonzero_prob", "mvc_output", "cls_output"} <= set(gen)
+    loss.loss.backward()
+    assert m.pert_encoder.weight.grad[1].abs().sum() > 0
+    assert m.pert_encoder.weight.grad[2].abs().sum() == 0  # pert_pad_id row stays frozen
+    pred = m.predict_expression(torch.tensor([0, 1]), torch.tensor([[1, 4], [1, 4]]))
+    assert pred.shape == (2, 4) and (pred >= 0).all()
