@@ -18,6 +18,8 @@ from ..data import GeneVocab
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ARCHITECTURE_KEYS",
+    "architecture",
     "as_vocab",
     "check_expression",
     "gene_overlap",
@@ -35,6 +37,21 @@ def as_vocab(vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None, ge
     if isinstance(vocab, Mapping):
         return GeneVocab(vocab)
     return GeneVocab.from_file(vocab)
+
+
+#: Transformer options every scGPT-family model takes by name.
+ARCHITECTURE_KEYS = ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls", "dropout")
+
+
+def architecture(vocab: GeneVocab, options: Mapping) -> dict:
+    """Module keywords shared by the family: vocabulary size and special ids plus the
+    :data:`ARCHITECTURE_KEYS` picked from ``options`` (a model ``__init__``'s ``locals()``)."""
+    return {
+        "ntoken": vocab.ntoken,
+        "pad_id": vocab.pad_id,
+        "cls_id": vocab.cls_id,
+        **{k: options[k] for k in ARCHITECTURE_KEYS},
+    }
 
 
 def iter_rows(X, chunk_size: int = 4096) -> Iterator[tuple[int, np.ndarray | sparse.spmatrix]]:

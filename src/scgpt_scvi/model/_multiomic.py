@@ -19,7 +19,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from ..data import SPECIAL_TOKENS, GeneVocab
 from ..module import SCGPTMultiomicModule
-from ._base import SCGPTBaseMixin, as_vocab, check_expression, gene_overlap
+from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._fields import CellKeyObsField
 from ._training_plan import SCGPTTrainingPlan
 
@@ -123,7 +123,6 @@ class SCGPTMultiomic(SCGPTBaseMixin, UnsupervisedTrainingMixin, BaseModelClass):
         budgets = _budgets(max_tokens_per_modality, mods, features)
         self._set_data_defaults(module_kwargs)
         self.module = self._module_cls(
-            ntoken=vocab_obj.ntoken,
             ntokens_mod=vocab_mod_obj.ntoken,
             mod_pad_id=vocab_mod_obj.pad_id,
             token_mod_ids=_token_modalities(vocab_obj, vocab_mod_obj, features, token_ids),
@@ -131,14 +130,7 @@ class SCGPTMultiomic(SCGPTBaseMixin, UnsupervisedTrainingMixin, BaseModelClass):
             modality_max_tokens=budgets,
             modality_keys=[MODALITIES[a].registry_key for a in mods],
             mod_in_input=mod_in_input,
-            d_model=d_model,
-            nhead=nhead,
-            d_hid=d_hid,
-            nlayers=nlayers,
-            nlayers_cls=nlayers_cls,
-            dropout=dropout,
-            pad_id=vocab_obj.pad_id,
-            cls_id=vocab_obj.cls_id,
+            **architecture(vocab_obj, locals()),
             gene_token_ids=torch.as_tensor(np.concatenate([token_ids[a] for a in mods])),
             **module_kwargs,
         )

@@ -29,7 +29,7 @@ from .._checkpoint import (
 )
 from ..data import SPECIAL_TOKENS, GeneVocab
 from ..module._perturbation import PERT_KEY, SCGPTPerturbationModule
-from ._base import SCGPTBaseMixin, as_vocab, check_expression, gene_overlap, iter_rows
+from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap, iter_rows
 from ._fields import CellKeyObsField
 from ._training_plan import SCGPTTrainingPlan
 
@@ -147,15 +147,7 @@ class SCGPTPerturbation(SCGPTBaseMixin, UnsupervisedTrainingMixin, BaseModelClas
         for i, t in enumerate(targets):
             condition_targets[i, : len(t)] = vocab_obj.lookup(t)
         self.module = self._module_cls(
-            ntoken=vocab_obj.ntoken,
-            d_model=d_model,
-            nhead=nhead,
-            d_hid=d_hid,
-            nlayers=nlayers,
-            nlayers_cls=nlayers_cls,
-            dropout=dropout,
-            pad_id=vocab_obj.pad_id,
-            cls_id=vocab_obj.cls_id,
+            **architecture(vocab_obj, locals()),
             gene_token_ids=torch.as_tensor(token_ids),
             condition_targets=torch.as_tensor(condition_targets),
             control_x=torch.as_tensor(_dense_rows(X, self._control_rows())),

@@ -22,7 +22,7 @@ from scvi.model.base._save_load import _initialize_model
 
 from ..data import GeneVocab
 from ..module import SCGPTModule
-from ._base import SCGPTBaseMixin, as_vocab, check_expression, gene_overlap
+from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._fields import CellKeyObsField
 from ._pretrained import PretrainedMixin
 from ._training_plan import SCGPTTrainingPlan
@@ -88,15 +88,7 @@ class SCGPT(
         if setup.get("batch_key") is not None:
             data_kwargs["num_batch_labels"] = self.summary_stats.n_batch
         self.module = self._module_cls(
-            ntoken=vocab_obj.ntoken,
-            d_model=d_model,
-            nhead=nhead,
-            d_hid=d_hid,
-            nlayers=nlayers,
-            nlayers_cls=nlayers_cls,
-            dropout=dropout,
-            pad_id=vocab_obj.pad_id,
-            cls_id=vocab_obj.cls_id,
+            **architecture(vocab_obj, locals()),
             max_seq_len=max_seq_len,
             gene_token_ids=torch.as_tensor(token_ids),
             **{**data_kwargs, **module_kwargs},
