@@ -264,3 +264,17 @@ def test_setup_args_hold_only_the_arguments():
         "labels_key",
         "gene_symbols_key",
     }
+
+
+def test_blank_symbols_are_unmatched_and_duplicates_warn():
+    adata = _synthetic()
+    symbols = [f"SYM{j}" for j in range(adata.n_vars)]
+    symbols[0], symbols[1], symbols[3] = "", "nan", "SYM2"
+    adata.var["symbol"] = symbols
+    SCGPT.setup_anndata(adata, gene_symbols_key="symbol")
+    with pytest.warns(UserWarning, match="occur more than once"):
+        model = SCGPT(adata, **TINY)
+    assert "" not in model.vocab_ and "nan" not in model.vocab_
+    assert model.gene_overlap_["n_matched"] == adata.n_vars - 2
+    ids = model.module.gene_token_ids
+    assert ids[0] == ids[1] == -1 and ids[2] == ids[3]

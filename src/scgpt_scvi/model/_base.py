@@ -31,7 +31,7 @@ __all__ = [
 def as_vocab(vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None, genes) -> GeneVocab:
     """A :class:`GeneVocab` from a vocabulary, a mapping, a ``vocab.json`` path, or ``genes``."""
     if vocab is None:
-        return GeneVocab.from_genes(genes)
+        return GeneVocab.from_genes(g for g in genes if _is_name(g))
     if isinstance(vocab, GeneVocab):
         return vocab
     if isinstance(vocab, Mapping):
@@ -52,6 +52,11 @@ def architecture(vocab: GeneVocab, options: Mapping) -> dict:
         "cls_id": vocab.cls_id,
         **{k: options[k] for k in ARCHITECTURE_KEYS},
     }
+
+
+def _is_name(name) -> bool:
+    """Whether a gene name can be a token (not empty, not a missing value)."""
+    return bool(name) and str(name).strip() not in ("", "nan", "None")
 
 
 def iter_rows(X, chunk_size: int = 4096) -> Iterator[tuple[int, np.ndarray | sparse.spmatrix]]:
@@ -92,7 +97,16 @@ def gene_overlap(genes: pd.Index, vocab: GeneVocab) -> tuple[np.ndarray, dict]:
         When no gene is in the vocabulary.
     """
     ids = np.asarray(vocab.lookup(genes), dtype=np.int64)
+    ids[[not _is_name(g) for g in genes]] = -1
     matched = ids >= 0
+    shared = pd.Index(genes[matched])
+    if shared.has_duplicates:
+        warnings.warn(
+            f"{int(shared.duplicated().sum())} gene names occur more than once (e.g. "
+            f"{list(shared[shared.duplicated()].unique()[:3])}); their columns share one token.",
+            UserWarning,
+            stacklevel=3,
+        )
     unmatched = list(genes[~matched][:5])
     info = {
         "n_genes": int(len(genes)),

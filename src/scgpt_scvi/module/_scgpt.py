@@ -397,7 +397,9 @@ class SCGPTModule(BaseModuleClass):
 
         Defaults: MLM 1; MVC 1 with ``do_mvc``; CLS 1 when labels are registered and
         ``n_cls > 1``; DAB 1 with ``do_dab``; CCE and ECS 0 (scGPT's integration recipe uses
-        ``ecs_weight=10``). Weights reach here through ``plan_kwargs``.
+        ``ecs_weight=10``, for fine-tuning a pretrained model: from random weights, where all cell
+        embeddings start alike, a strong ECS term keeps them collapsed). Weights reach here
+        through ``plan_kwargs``.
         """
         inf, gen = inference_outputs, generative_outputs
         mask, target = inf["mlm_mask"], inf["target_values"]
