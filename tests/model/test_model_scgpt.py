@@ -138,7 +138,7 @@ def test_genes_in_another_order_are_matched_by_name(trained):
     shuffled = adata[:, adata.var_names[::-1]].copy()
     np.testing.assert_allclose(model.get_latent_representation(shuffled), z, atol=1e-6)
     other = adata[:, : adata.n_vars - 1].copy()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="genes differ .*prepare_query_anndata"):
         model.get_latent_representation(other)
 
 
@@ -223,7 +223,7 @@ def test_gene_symbols_key():
     SCGPT.setup_anndata(adata, gene_symbols_key="symbol")
     model = SCGPT(adata, **TINY)
     assert "SYM0" in model.vocab_ and "GENE0" not in model.vocab_
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError, match="'missing' is not a column of adata.var"):
         SCGPT.setup_anndata(_synthetic(), gene_symbols_key="missing")
 
 

@@ -8,7 +8,7 @@ import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import auto_move_data
 
-from ..data import TokenizedBatch, tokenize
+from ..data import TokenizedBatch
 from ..nn import BatchLabelEncoder, ExprDecoder, MVCDecoder
 from ._scgpt import SCGPTModule
 
@@ -161,23 +161,11 @@ class SCGPTMultiomicModule(SCGPTModule):
         """
         if not self.modality_sizes:
             return super().tokenize(x, cell_keys, seed)
-        if cell_keys is None:
-            cell_keys = torch.arange(x.shape[0], device=x.device)
-        seed = self.seed if seed is None else seed
         blocks, start = [], 0
         for size, budget in zip(self.modality_sizes, self.modality_max_tokens):
-            block = tokenize(
-                x[:, start : start + size],
-                self.gene_token_ids[start : start + size],
-                cell_keys.reshape(-1),
-                max_seq_len=budget + 1,
-                cls_id=self.cls_id,
-                pad_id=self.pad_id,
-                n_bins=self.n_bins,
-                include_zero_genes=self.include_zero_genes,
-                cls_value=self.cls_value,
-                pad_value=self.pad_value,
-                seed=seed,
+            columns = slice(start, start + size)
+            block = self._tokenize_columns(
+                x[:, columns], self.gene_token_ids[columns], cell_keys, seed, budget + 1
             )
             index = block.gene_index[:, 1:]
             block.gene_index = torch.cat(

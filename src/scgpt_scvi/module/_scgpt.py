@@ -269,13 +269,25 @@ class SCGPTModule(BaseModuleClass):
         self, x: torch.Tensor, cell_keys: torch.Tensor | None = None, seed: int | None = None
     ) -> TokenizedBatch:
         """Tokenise a dense ``(B, n_vars)`` minibatch with the module's settings."""
+        return self._tokenize_columns(x, self.gene_token_ids, cell_keys, seed, self.max_seq_len)
+
+    def _tokenize_columns(
+        self,
+        x: torch.Tensor,
+        token_ids: torch.Tensor,
+        cell_keys: torch.Tensor | None,
+        seed: int | None,
+        max_seq_len: int,
+    ) -> TokenizedBatch:
+        """:func:`~scgpt_scvi.data.tokenize` of columns ``x`` with vocabulary ids ``token_ids``
+        and the module's binning, padding and ``<cls>`` settings."""
         if cell_keys is None:
             cell_keys = torch.arange(x.shape[0], device=x.device)
         return tokenize(
             x,
-            self.gene_token_ids,
+            token_ids,
             cell_keys.reshape(-1),
-            max_seq_len=self.max_seq_len,
+            max_seq_len=max_seq_len,
             cls_id=self.cls_id,
             pad_id=self.pad_id,
             n_bins=self.n_bins,
