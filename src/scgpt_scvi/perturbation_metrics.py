@@ -49,15 +49,20 @@ class _Expression:
         self.counts = holds_counts(self.X)
         self.key = perturbation_key
         self.conditions = adata.obs[perturbation_key].astype(str).to_numpy()
+        self._rows: dict[str, np.ndarray] = {}
 
     def rows(self, condition: str) -> np.ndarray:
-        """Dense ``(n_cells, n_vars)`` values of the cells of ``condition``."""
-        idx = np.flatnonzero(self.conditions == condition)
-        if len(idx) == 0:
-            raise ValueError(f"No cell has adata.obs[{self.key!r}] == {condition!r}.")
-        rows = self.X[idx]
-        rows = np.asarray(rows.toarray() if sparse.issparse(rows) else rows, dtype=np.float64)
-        return log_normalize(torch.from_numpy(rows)).numpy() if self.counts else rows
+        """Dense ``(n_cells, n_vars)`` values of the cells of ``condition`` (read once)."""
+        if condition not in self._rows:
+            idx = np.flatnonzero(self.conditions == condition)
+            if len(idx) == 0:
+                raise ValueError(f"No cell has adata.obs[{self.key!r}] == {condition!r}.")
+            rows = self.X[idx]
+            rows = np.asarray(rows.toarray() if sparse.issparse(rows) else rows, dtype=np.float64)
+            self._rows[condition] = (
+                log_normalize(torch.from_numpy(rows)).numpy() if self.counts else rows
+            )
+        return self._rows[condition]
 
     def mean(self, condition: str) -> np.ndarray:
         return self.rows(condition).mean(0)

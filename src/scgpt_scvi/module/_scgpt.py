@@ -321,14 +321,14 @@ class SCGPTModule(BaseModuleClass):
         ``values`` as fed to the encoder, ``target_values``, ``padding_mask``), ``mlm_mask`` and
         ``batch_index``.
         """
-        if cell_keys is not None:
-            cell_keys = cell_keys.reshape(-1).long()
+        if cell_keys is None:
+            cell_keys = torch.arange(x.shape[0], device=x.device)
+        cell_keys = cell_keys.reshape(-1).long()
         seed = self._draw_seed()
         tokens = self.tokenize(x, cell_keys, seed)
         if mask_ratio is None:
             mask_ratio = self.mask_ratio if self.training else 0.0
-        keys = cell_keys if cell_keys is not None else torch.arange(x.shape[0], device=x.device)
-        mlm_mask = mask_values(tokens, keys, mask_ratio, self.mask_value, seed)
+        mlm_mask = mask_values(tokens, cell_keys, mask_ratio, self.mask_value, seed)
         values = tokens.values.masked_fill(mlm_mask, self.mask_value)
         h, gene_embs = self.encode(tokens.gene_ids, values, tokens.padding_mask, batch_index)
         return {
