@@ -21,6 +21,7 @@ from ..data import SPECIAL_TOKENS, GeneVocab
 from ..module import SCGPTMultiomicModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._fields import CellKeyObsField
+from ._pretrained import with_pretrained_parts
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -169,16 +170,7 @@ class SCGPTMultiomic(SCGPTBaseMixin, UnsupervisedTrainingMixin, BaseModelClass):
         **kwargs
             Other :class:`SCGPTMultiomic` arguments (override ``args.json``).
         """
-        from .._checkpoint import args_to_kwargs, load_pretrained_parts, read_args, read_vocab
-
-        arch = args_to_kwargs(read_args(model_dir))
-        kwargs = {k: arch[k] for k in _PRETRAINED_ARCH if k in arch} | kwargs
-        kwargs.setdefault("vocab", read_vocab(model_dir))
-        model = cls(mdata, **kwargs)
-        model.pretrained_report_ = load_pretrained_parts(
-            model.module, model_dir, vocab=model.vocab_
-        )
-        return model
+        return with_pretrained_parts(cls, mdata, model_dir, _PRETRAINED_ARCH, **kwargs)
 
     # ------------------------------------------------------------------ setup
     @classmethod

@@ -22,15 +22,12 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from .._checkpoint import (
     SHARED_PREFIXES,
-    args_to_kwargs,
-    load_pretrained_parts,
-    read_args,
-    read_vocab,
 )
 from ..data import SPECIAL_TOKENS, GeneVocab
 from ..module._perturbation import PERT_KEY, SCGPTPerturbationModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap, iter_rows
 from ._fields import CellKeyObsField
+from ._pretrained import with_pretrained_parts
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -304,17 +301,8 @@ class SCGPTPerturbation(SCGPTBaseMixin, UnsupervisedTrainingMixin, BaseModelClas
         -------
         The model; ``model.pretrained_report_`` says what was loaded.
         """
-        arch = {
-            k: v
-            for k, v in args_to_kwargs(read_args(pretrained_dir)).items()
-            if k in ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls")
-        }
-        kwargs.setdefault("vocab", read_vocab(pretrained_dir))
-        model = cls(adata, **{**arch, **kwargs})
-        model.pretrained_report_ = load_pretrained_parts(
-            model.module, pretrained_dir, prefixes=tuple(prefixes), vocab=model.vocab_
-        )
-        return model
+        arch_keys = ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls")
+        return with_pretrained_parts(cls, adata, pretrained_dir, arch_keys, prefixes, **kwargs)
 
     # ------------------------------------------------------------------ training
     def train(

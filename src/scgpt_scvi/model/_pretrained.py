@@ -11,10 +11,12 @@ from anndata import AnnData
 
 from .._checkpoint import (
     ARGS_FILE,
+    SHARED_PREFIXES,
     VOCAB_FILE,
     args_to_kwargs,
     head_prefixes,
     kwargs_to_args,
+    load_pretrained_parts,
     load_state_dict_strict,
     read_args,
     read_state_dict,
@@ -24,7 +26,7 @@ from .._checkpoint import (
 )
 from ..data import GeneVocab
 
-__all__ = ["PretrainedMixin"]
+__all__ = ["PretrainedMixin", "with_pretrained_parts"]
 
 _FILES = (ARGS_FILE, VOCAB_FILE, "best_model.pt", "best_model.safetensors")
 
@@ -42,6 +44,28 @@ def _model_kwargs(args: dict, state: dict, setup: dict, overrides: dict, source:
         kwargs.pop("num_batch_labels", None)
     kwargs.setdefault("cls_value", kwargs.get("pad_value", -2.0))
     return {**kwargs, **overrides}
+
+
+def with_pretrained_parts(
+    cls,
+    data,
+    model_dir: str | os.PathLike,
+    arch_keys: tuple[str, ...],
+    prefixes: tuple[str, ...] = SHARED_PREFIXES,
+    **kwargs,
+):
+    """``cls(data, ...)`` built with ``arch_keys`` from the folder's ``args.json`` and its
+    ``vocab.json`` (``kwargs`` win), then the parameters under ``prefixes`` loaded from its
+    weights by token (:func:`~scgpt_scvi._checkpoint.load_pretrained_parts`); the load report is
+    ``model.pretrained_report_``. Shared by the perturbation and multi-omic models."""
+    arch = args_to_kwargs(read_args(model_dir))
+    kwargs = {k: arch[k] for k in arch_keys if k in arch} | kwargs
+    kwargs.setdefault("vocab", read_vocab(model_dir))
+    model = cls(data, **kwargs)
+    model.pretrained_report_ = load_pretrained_parts(
+        model.module, model_dir, prefixes=tuple(prefixes), vocab=model.vocab_
+    )
+    return model
 
 
 class PretrainedMixin:
