@@ -8,12 +8,14 @@ modules of the family initialise their shared parts with :func:`load_pretrained_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import pickle
 import re
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from .data import GeneVocab
+from .data._vocab import read_json_object
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +34,8 @@ __all__ = [
     "LOCAL_ONLY_KEYS",
     "SHARED_PREFIXES",
     "args_to_kwargs",
+    "atomic_path",
+    "commit_files",
     "head_prefixes",
     "kwargs_to_args",
     "load_pretrained_parts",
@@ -139,6 +144,51 @@ def to_released_layout(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     }
 
 
+# ---------------------------------------------------------------------- atomic writes
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside ``path`` (in the same folder) that replaces ``path`` on success.
+
+    Write to the yielded path; when the block ends without an exception it is renamed onto
+    ``path`` (``os.replace``, atomic on one file system), otherwise it is removed. A failed
+    write therefore leaves any earlier ``path`` untouched and no file outside its folder.
+
+    Examples
+    --------
+    >>> with atomic_path("out/model.safetensors") as tmp:
+    ...     save_file(tensors, str(tmp))
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def commit_files(
+    dir_path: str | os.PathLike, writers: Mapping[str, Callable[[Path], None]]
+) -> list[Path]:
+    """Write several files of one folder, all or nothing.
+
+    Each ``writers[name](tmp_path)`` writes its file to a temporary path inside ``dir_path``;
+    only when every writer has succeeded are the files renamed into place. A failing writer
+    leaves the folder as it was (the temporary files are removed).
+
+    Returns
+    -------
+    The paths written.
+    """
+    dir_path = Path(dir_path)
+    with contextlib.ExitStack() as stack:
+        tmps = {name: stack.enter_context(atomic_path(dir_path / name)) for name in writers}
+        for name, write in writers.items():
+            write(tmps[name])
+    return [dir_path / name for name in writers]
+
+
 # ---------------------------------------------------------------------- files
 def _weights_path(path: str | os.PathLike) -> Path:
     path = Path(path)
@@ -199,10 +249,15 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     return dict(state)
 
 
-def save_state_dict(state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike) -> None:
-    """Write ``state_dict`` in the released layout (``self_attn.Wqkv.*``, no local buffers)."""
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike, suffix: str | None = None
+) -> None:
+    """Write ``state_dict`` in the released layout (``self_attn.Wqkv.*``, no local buffers).
+
+    The format follows ``suffix`` (default: ``path``'s): ``.safetensors`` or torch's ``.pt``.
+    """
     released = {k: v.detach().cpu().contiguous() for k, v in to_released_layout(state_dict).items()}
-    if str(path).endswith(".safetensors"):
+    if (suffix or Path(path).suffix) == ".safetensors":
         from safetensors.torch import save_file
 
         save_file(released, str(path))
@@ -215,11 +270,7 @@ def read_args(model_dir: str | os.PathLike) -> dict:
     path = Path(model_dir) / ARGS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"No {ARGS_FILE} in {model_dir}.")
-    with open(path) as f:
-        args = json.load(f)
-    if not isinstance(args, dict):
-        raise ValueError(f"{path} must hold a JSON object.")
-    return args
+    return read_json_object(path)
 
 
 def read_vocab(model_dir: str | os.PathLike) -> GeneVocab:
@@ -254,9 +305,33 @@ def args_to_kwargs(args: Mapping[str, Any], source: str = ARGS_FILE) -> dict:
     if args.get("pad_token", "<pad>") != "<pad>":
         raise ValueError(f"{source}: pad_token {args['pad_token']!r} is not supported ('<pad>').")
     kwargs = {ARGS_TO_KWARGS[k]: v for k, v in args.items() if k in ARGS_TO_KWARGS}
+    _check_arg_types(args, source)
     if args.get("input_style", "binned") != "binned":
         kwargs["n_bins"] = None
     return kwargs
+
+
+#: ``args.json`` keys that must be positive integers / numbers / booleans when present.
+_INT_ARGS = ("embsize", "nheads", "d_hid", "nlayers", "n_layers_cls", "max_seq_len", "n_cls")
+_BOOL_ARGS = ("MVC", "DAB", "explicit_zero_prob", "use_batch_labels", "pre_norm")
+
+
+def _check_arg_types(args: Mapping[str, Any], source: str) -> None:
+    """Raise a ValueError naming ``source`` and the key for values of the wrong type."""
+    for key in _INT_ARGS:
+        value = args.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"{source}: {key} must be an integer; got {value!r}.")
+        if value is not None and value < 1:
+            raise ValueError(f"{source}: {key} must be >= 1; got {value!r}.")
+    dropout = args.get("dropout")
+    if dropout is not None and (
+        isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0 <= dropout < 1
+    ):
+        raise ValueError(f"{source}: dropout must be a number in [0, 1); got {dropout!r}.")
+    for key in _BOOL_ARGS:
+        if key in args and args[key] not in (True, False, None):  # 0 / 1 count as booleans
+            raise ValueError(f"{source}: {key} must be true or false; got {args[key]!r}.")
 
 
 def kwargs_to_args(kwargs: Mapping[str, Any]) -> dict:

@@ -7,10 +7,29 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 
-__all__ = ["GeneVocab", "SPECIAL_TOKENS", "PAD_TOKEN", "CLS_TOKEN", "EOC_TOKEN"]
+__all__ = [
+    "GeneVocab",
+    "SPECIAL_TOKENS",
+    "PAD_TOKEN",
+    "CLS_TOKEN",
+    "EOC_TOKEN",
+    "read_json_object",
+]
 
 PAD_TOKEN, CLS_TOKEN, EOC_TOKEN = "<pad>", "<cls>", "<eoc>"
 SPECIAL_TOKENS = (PAD_TOKEN, CLS_TOKEN, EOC_TOKEN)
+
+
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object in ``path``; errors name the file (invalid JSON, not an object)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object, not {type(data).__name__}.")
+    return data
 
 
 class GeneVocab(Mapping):
@@ -57,12 +76,18 @@ class GeneVocab(Mapping):
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> GeneVocab:
-        """Read a ``vocab.json`` (token -> id)."""
-        with open(path) as f:
-            data = json.load(f)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} must hold a JSON object mapping token -> id.")
-        return cls(data)
+        """Read a ``vocab.json`` (token -> id); errors name the file and the bad entries."""
+        data = read_json_object(path)
+        bad = [k for k, v in data.items() if isinstance(v, bool) or not isinstance(v, int)]
+        if bad:
+            raise ValueError(
+                f"{path} must map each token to an integer id; {len(bad)} do not (e.g. "
+                f"{ {k: data[k] for k in bad[:3]} })."
+            )
+        try:
+            return cls(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def save_json(self, path: str | os.PathLike) -> None:
         """Write the vocabulary as ``vocab.json`` (token -> id)."""

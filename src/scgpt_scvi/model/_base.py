@@ -147,6 +147,12 @@ class SCGPTBaseMixin:
             pd.Index(adata.var[key].astype(str)) if key else pd.Index(adata.var_names.astype(str))
         )
 
+    def _model_genes(self) -> pd.Index:
+        """Gene names in the order of the module's ``gene_token_ids``: the registered data's,
+        or for a loaded model those it was saved with (``model_genes_``)."""
+        genes = getattr(self, "model_genes_", None)
+        return pd.Index(genes) if genes is not None else self._gene_names(self.adata)
+
     @torch.inference_mode()
     def _collect(
         self,

@@ -22,6 +22,7 @@ from ..module import SCGPTMultiomicModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._fields import CellKeyObsField
 from ._pretrained import with_pretrained_parts
+from ._save_load import SafeSaveLoadMixin
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -48,7 +49,7 @@ MODALITIES: dict[str, Modality] = {
 }
 
 
-class SCGPTMultiomic(SCGPTBaseMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
     """scGPT's multi-omic model (``MultiOmicTransformerModel``) on MuData.
 
     Every feature of every registered modality is its own token; a cell's sequence is

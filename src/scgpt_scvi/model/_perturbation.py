@@ -28,6 +28,7 @@ from ..module._perturbation import PERT_KEY, SCGPTPerturbationModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap, iter_rows
 from ._fields import CellKeyObsField
 from ._pretrained import with_pretrained_parts
+from ._save_load import SafeSaveLoadMixin
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,9 @@ def _dense_rows(X, rows: np.ndarray) -> np.ndarray:
     return np.asarray(sub.toarray() if sparse.issparse(sub) else sub, dtype=np.float32)
 
 
-class SCGPTPerturbation(SCGPTBaseMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class SCGPTPerturbation(
+    SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass
+):
     """scGPT's perturbation-response model (Cui et al. 2024) as an scvi-tools model.
 
     Predicts the expression of perturbed cells from control cells and the perturbed genes, for

@@ -14,6 +14,7 @@ from .._checkpoint import (
     SHARED_PREFIXES,
     VOCAB_FILE,
     args_to_kwargs,
+    commit_files,
     head_prefixes,
     kwargs_to_args,
     load_pretrained_parts,
@@ -202,12 +203,18 @@ class PretrainedMixin:
                 f"{dir_path} already holds {existing}; pass overwrite=True to replace them."
             )
         dir_path.mkdir(parents=True, exist_ok=True)
-        for name in existing:
-            (dir_path / name).unlink()
         args = {"data_source": f"scgpt-scvi {type(self).__name__}"}
         args.update(kwargs_to_args(self._checkpoint_kwargs()))
-        with open(dir_path / ARGS_FILE, "w") as f:
-            json.dump(args, f, indent=2)
-        GeneVocab(self.vocab_).save_json(dir_path / VOCAB_FILE)
         weights = "best_model.safetensors" if safetensors else "best_model.pt"
-        save_state_dict(self.module.state_dict(), dir_path / weights)
+        state = self.module.state_dict()
+        commit_files(  # all or nothing: a failed write leaves the earlier checkpoint intact
+            dir_path,
+            {
+                ARGS_FILE: lambda tmp: tmp.write_text(json.dumps(args, indent=2)),
+                VOCAB_FILE: GeneVocab(self.vocab_).save_json,
+                weights: lambda tmp: save_state_dict(state, tmp, suffix=Path(weights).suffix),
+            },
+        )
+        for name in existing:  # the other weights format would shadow or confuse readers
+            if name not in (ARGS_FILE, VOCAB_FILE, weights):
+                (dir_path / name).unlink()

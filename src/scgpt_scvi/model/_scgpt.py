@@ -17,14 +17,13 @@ from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin
-from scvi.model.base._archesmixin import _get_loaded_data
-from scvi.model.base._save_load import _initialize_model
 
 from ..data import GeneVocab
 from ..module import SCGPTModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._fields import CellKeyObsField
 from ._pretrained import PretrainedMixin
+from ._save_load import SafeSaveLoadMixin, _torch_device
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -33,7 +32,12 @@ __all__ = ["SCGPT"]
 
 
 class SCGPT(
-    PretrainedMixin, SCGPTBaseMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseModelClass
+    PretrainedMixin,
+    SCGPTBaseMixin,
+    SafeSaveLoadMixin,
+    ArchesMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
 ):
     """scGPT (Cui et al. 2024) as an scvi-tools model.
 
@@ -65,6 +69,7 @@ class SCGPT(
 
     _module_cls = SCGPTModule
     _training_plan_cls = SCGPTTrainingPlan
+    _genes_matched_by_name = True
 
     def __init__(
         self,
@@ -208,11 +213,10 @@ class SCGPT(
     # ------------------------------------------------------------------ outputs
     @contextlib.contextmanager
     def _genes_of(self, adata: AnnData | None):
-        """Map ``adata``'s genes to tokens by name when they come in another order."""
-        if adata is None or adata is self.adata:
-            yield
-            return
-        ref, new = self._gene_names(self.adata), self._gene_names(adata)
+        """Map ``adata``'s genes to tokens by name when they come in another order than the
+        module's (:meth:`_model_genes`): the one path for in-memory and loaded models."""
+        ref = self._model_genes()
+        new = self._gene_names(adata if adata is not None else self.adata)
         if new.equals(ref):
             yield
             return
@@ -222,7 +226,7 @@ class SCGPT(
                 "with SCGPT.prepare_query_anndata(adata, model) or adata[:, model.adata.var_names]."
             )
         saved = self.module.gene_token_ids
-        self.module.gene_token_ids = saved[ref.get_indexer(new)]
+        self.module.gene_token_ids = saved[torch.as_tensor(ref.get_indexer(new))]
         try:
             yield
         finally:
@@ -316,6 +320,7 @@ class SCGPT(
         accelerator: str = "auto",
         device: int | str = "auto",
         freeze_reference_batches: bool = True,
+        allow_pickle: bool = False,
     ) -> SCGPT:
         """Map query data with new batches onto a trained reference (scArches style).
 
@@ -335,25 +340,20 @@ class SCGPT(
             Parameter-name prefixes left trainable when not ``unfrozen``.
         freeze_reference_batches
             Keep the reference batches' embedding rows fixed.
+        allow_pickle
+            Accept a reference folder in scvi-tools' pickle format (see :meth:`load`).
         """
-        from scvi.model._utils import parse_device_args
-
-        _, _, device = parse_device_args(
-            accelerator=accelerator,
-            devices=device,
-            return_device="torch",
-            validate_single_device=True,
-        )
-        attr_dict, _, ref_state, _ = _get_loaded_data(reference_model, device=device, adata=adata)
-        registry = attr_dict.pop("registry_")
-        cls.setup_anndata(
+        device = _torch_device(accelerator, device)
+        attr_dict, var_names, ref_state = cls._reference_data(reference_model, device, allow_pickle)
+        model = cls._from_saved(
+            attr_dict,
+            var_names,
+            ref_state,
             adata,
-            source_registry=registry,
-            extend_categories=True,
-            allow_missing_labels=True,
-            **registry["setup_args"],
+            device,
+            setup_kwargs={"extend_categories": True, "allow_missing_labels": True},
+            strict=False,
         )
-        model = _initialize_model(cls, adata, registry, attr_dict, None)
         model.to_device(device)
         state = model.module.state_dict()
         n_ref_batches = None
