@@ -392,3 +392,68 @@ def test_other_batch_count_replaces_batch_heads(fixtures_dir, pbmc):
     assert any(k.startswith("dsbn.bns.2.") for k in report["skipped"])
     assert "grad_reverse_discriminator.out_layer.weight" in report["replaced"]
     assert "decoder.fc.0.weight" in report["loaded"]  # same batch-embedding width
+
+
+# ------------------------------------------------------------------ hardening (no ../shared)
+def _tiny_folder(tmp_path: Path) -> tuple[Path, ad.AnnData]:
+    rng = np.random.default_rng(0)
+    adata = ad.AnnData(
+        rng.poisson(2.0, (12, 10)).astype(np.float32),
+        var=dict(index=[f"G{i}" for i in range(10)]),
+    )
+    SCGPT.setup_anndata(adata)
+    model = SCGPT(adata, d_model=16, nhead=2, d_hid=16, nlayers=1, max_seq_len=12)
+    model.save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt", adata
+
+
+def test_failed_save_pretrained_leaves_earlier_checkpoint(tmp_path, monkeypatch):
+    folder, adata = _tiny_folder(tmp_path)
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    listing = sorted(str(p) for p in tmp_path.rglob("*"))
+
+    def full_disk(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    model = SCGPT(adata, d_model=16, nhead=2, d_hid=16, nlayers=1, max_seq_len=12)
+    with pytest.raises(OSError, match="No space left"):
+        model.save_pretrained(folder, overwrite=True)
+    monkeypatch.undo()
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == listing  # no stray file
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    SCGPT.from_pretrained(folder, adata.copy())  # still loadable
+
+
+@pytest.mark.parametrize("name", ["args.json", "vocab.json"])
+def test_invalid_json_names_the_file(tmp_path, name):
+    folder, adata = _tiny_folder(tmp_path)
+    (folder / name).write_text('{"embsize": 16,')
+    with pytest.raises(ValueError, match=f"{name} is not valid JSON"):
+        SCGPT.from_pretrained(folder, adata.copy())
+
+
+def test_vocab_with_non_integer_ids_names_the_file(tmp_path):
+    folder, adata = _tiny_folder(tmp_path)
+    (folder / "vocab.json").write_text('{"G0": "zero", "<pad>": 1}')
+    with pytest.raises(ValueError, match=r"vocab.json must map each token to an integer.*G0"):
+        SCGPT.from_pretrained(folder, adata.copy())
+
+
+@pytest.mark.parametrize(
+    "key, value, match",
+    [
+        ("nlayers", "4", "nlayers must be an integer; got '4'"),
+        ("embsize", 0, "embsize must be >= 1"),
+        ("dropout", "0.1", r"dropout must be a number in \[0, 1\)"),
+        ("MVC", "yes", "MVC must be true or false"),
+    ],
+)
+def test_wrong_arg_types_are_named(tmp_path, key, value, match):
+    folder, adata = _tiny_folder(tmp_path)
+    args = json.loads((folder / "args.json").read_text())
+    args[key] = value
+    (folder / "args.json").write_text(json.dumps(args))
+    with pytest.raises(ValueError, match=f"args.json: {match}"):
+        SCGPT.from_pretrained(folder, adata.copy())

@@ -20,6 +20,7 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 from ..data import SPECIAL_TOKENS, GeneVocab
 from ..module import SCGPTMultiomicModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
+from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrained import with_pretrained_parts
 from ._save_load import SafeSaveLoadMixin
@@ -219,8 +220,13 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
                 f"MuData holds {list(mdata.mod)}."
             )
         mods = cls._create_modalities_attr_dict(modalities, setup_method_args)
-        _check_modalities(mdata, mods)
         layers = {"rna_layer": rna_layer, "protein_layer": protein_layer, "atac_layer": atac_layer}
+        check_cells(mdata, "mdata")
+        _check_modalities(mdata, mods, layers)
+        for arg, key in (("batch_key", batch_key), ("labels_key", labels_key)):
+            owner = mdata if mods[arg] is None else mdata.mod[mods[arg]]
+            what = "mdata.obs" if mods[arg] is None else f"mdata[{mods[arg]!r}].obs"
+            check_obs_keys(owner.obs, {arg: key}, what, transfer="source_registry" in kwargs)
         fields = [
             MuDataLayerField(
                 m.registry_key,
@@ -366,8 +372,9 @@ _PRETRAINED_ARCH = (
 )
 
 
-def _check_modalities(mdata: MuData, mods) -> None:
-    """Named modalities exist and hold the MuData's cells, in its order."""
+def _check_modalities(mdata: MuData, mods, layers: dict[str, str | None]) -> None:
+    """Named modalities exist and hold the MuData's cells, in its order; the matrices that
+    will be read (``layers``, else ``X``) exist and hold valid values."""
     available = list(mdata.mod)
     chosen = {arg: mods[arg] for arg in MODALITIES if mods[arg] is not None}
     if not chosen:
@@ -394,15 +401,17 @@ def _check_modalities(mdata: MuData, mods) -> None:
                 "measured on the same cells. Keep the shared cells first, e.g. "
                 "muon.pp.intersect_obs(mdata), or mdata[shared_cells].copy()."
             )
-    _check_values(mdata, {a: n for a, n in chosen.items() if a in MODALITIES})
+    _check_values(mdata, {a: n for a, n in chosen.items() if a in MODALITIES}, layers)
 
 
-def _check_values(mdata: MuData, chosen: dict[str, str]) -> None:
+def _check_values(mdata: MuData, chosen: dict[str, str], layers: dict[str, str | None]) -> None:
     """Raise on bad values; warn about cells with no measured feature in any modality."""
     n_expressed = np.zeros(mdata.n_obs, dtype=np.int64)
-    for name in chosen.values():
-        bdata = mdata.mod[name]
-        n_expressed += check_expression(bdata.X, bdata.obs_names, f"mdata[{name!r}].X")
+    for arg, name in chosen.items():
+        bdata, layer = mdata.mod[name], layers[arg]
+        X = layer_matrix(bdata, layer, f"mdata[{name!r}]")
+        what = f"mdata[{name!r}].layers[{layer!r}]" if layer else f"mdata[{name!r}].X"
+        n_expressed += check_expression(X, bdata.obs_names, what)
     if (n_expressed == 0).any():
         empty = mdata.obs_names[n_expressed == 0]
         warnings.warn(

@@ -26,6 +26,7 @@ from .._checkpoint import (
 from ..data import SPECIAL_TOKENS, GeneVocab
 from ..module._perturbation import PERT_KEY, SCGPTPerturbationModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap, iter_rows
+from ._checks import check_cells, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrained import with_pretrained_parts
 from ._save_load import SafeSaveLoadMixin
@@ -244,6 +245,8 @@ class SCGPTPerturbation(
             For a malformed condition, no control cells, or NaN/infinite/negative values.
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        check_cells(adata)
+        X = layer_matrix(adata, layer)
         if perturbation_key not in adata.obs:
             raise KeyError(f"perturbation_key {perturbation_key!r} is not a column of adata.obs.")
         if gene_symbols_key is not None and gene_symbols_key not in adata.var:
@@ -258,7 +261,6 @@ class SCGPTPerturbation(
                 f"No control cells: no cell has adata.obs[{perturbation_key!r}] == "
                 f"{control_category!r}."
             )
-        X = adata.layers[layer] if layer is not None else adata.X
         check_expression(X, adata.obs_names, f"layers[{layer!r}]" if layer else "X")
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),

@@ -59,7 +59,7 @@ def with_pretrained_parts(
     ``vocab.json`` (``kwargs`` win), then the parameters under ``prefixes`` loaded from its
     weights by token (:func:`~scgpt_scvi._checkpoint.load_pretrained_parts`); the load report is
     ``model.pretrained_report_``. Shared by the perturbation and multi-omic models."""
-    arch = args_to_kwargs(read_args(model_dir))
+    arch = args_to_kwargs(read_args(model_dir), source=str(Path(model_dir) / ARGS_FILE))
     kwargs = {k: arch[k] for k in arch_keys if k in arch} | kwargs
     kwargs.setdefault("vocab", read_vocab(model_dir))
     model = cls(data, **kwargs)

@@ -21,6 +21,7 @@ from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMix
 from ..data import GeneVocab
 from ..module import SCGPTModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
+from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrained import PretrainedMixin
 from ._save_load import SafeSaveLoadMixin, _torch_device
@@ -142,9 +143,12 @@ class SCGPT(
             ``var_names``).
         """
         setup_method_args = cls._get_setup_method_args(**locals())
-        X = adata.layers[layer] if layer is not None else adata.X
+        check_cells(adata)
+        X = layer_matrix(adata, layer)
         if gene_symbols_key is not None and gene_symbols_key not in adata.var:
             raise KeyError(f"gene_symbols_key {gene_symbols_key!r} is not a column of adata.var.")
+        keys = {"batch_key": batch_key, "labels_key": labels_key}
+        check_obs_keys(adata.obs, keys, transfer="source_registry" in kwargs)
         n_expressed = check_expression(X, adata.obs_names, f"layers[{layer!r}]" if layer else "X")
         if (n_expressed == 0).any():
             empty = adata.obs_names[n_expressed == 0]
@@ -293,10 +297,17 @@ class SCGPT(
         return np.asarray(mapping)[p.argmax(1)]
 
     def _label_categories(self) -> np.ndarray:
-        if not self.registry_["setup_args"].get("labels_key") or self.module.n_cls < 2:
+        key = self.registry_["setup_args"].get("labels_key")
+        if not key:
             raise ValueError("predict() needs a model set up with labels_key (a CLS head).")
         state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
-        return np.asarray(state.categorical_mapping)
+        classes = np.asarray(state.categorical_mapping)
+        if self.module.n_cls < 2:
+            raise ValueError(
+                f"predict() needs at least 2 cell types, but labels_key {key!r} held "
+                f"{len(classes)} ({list(classes[:3])}) at setup, so no CLS head was trained."
+            )
+        return classes
 
     @torch.inference_mode()
     def get_gene_embeddings(self) -> pd.DataFrame:
