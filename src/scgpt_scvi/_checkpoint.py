@@ -224,11 +224,22 @@ def read_state_dict(path: str | os.PathLike) -> StateDict:
     """
     file = _weights_path(path)
     if file.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return dict(load_file(str(file), device="cpu"))
+        try:
+            return dict(load_file(str(file), device="cpu"))
+        except (SafetensorError, OSError) as err:
+            raise ValueError(
+                f"{file} is not a readable safetensors file (truncated or corrupt? {err})."
+            ) from None
     try:
         state = _torch_load(file)
+    except (RuntimeError, EOFError, OSError) as err:  # a truncated or corrupt file
+        raise ValueError(
+            f"{file} is not a readable torch checkpoint (truncated or corrupt? "
+            f"{(str(err) or type(err).__name__).splitlines()[0]})."
+        ) from None
     except pickle.UnpicklingError as err:
         raise ValueError(
             f"{file} holds pickled Python objects, not only tensors, so it is refused: it is "
