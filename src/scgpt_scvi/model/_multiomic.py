@@ -24,6 +24,7 @@ from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrained import with_pretrained_parts
 from ._save_load import SafeSaveLoadMixin
+from ._training import fault_tolerant_train
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -285,6 +286,7 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
         return ids, overlap
 
     # ------------------------------------------------------------------ training / outputs
+    @fault_tolerant_train
     def train(
         self,
         max_epochs: int = 10,

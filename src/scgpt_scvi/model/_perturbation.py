@@ -30,6 +30,7 @@ from ._checks import check_cells, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrained import with_pretrained_parts
 from ._save_load import SafeSaveLoadMixin
+from ._training import fault_tolerant_train
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -310,6 +311,7 @@ class SCGPTPerturbation(
         return with_pretrained_parts(cls, adata, pretrained_dir, arch_keys, prefixes, **kwargs)
 
     # ------------------------------------------------------------------ training
+    @fault_tolerant_train
     def train(
         self,
         max_epochs: int = 15,

@@ -25,6 +25,7 @@ from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrained import PretrainedMixin
 from ._save_load import SafeSaveLoadMixin, _torch_device
+from ._training import fault_tolerant_train
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -169,6 +170,7 @@ class SCGPT(
         cls.register_manager(adata_manager)
 
     # ------------------------------------------------------------------ training
+    @fault_tolerant_train
     def train(
         self,
         max_epochs: int = 10,

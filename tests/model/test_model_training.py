@@ -1,0 +1,125 @@
+"""Interrupted training leaves a usable model; checkpoints resume to the uninterrupted result."""
+
+from __future__ import annotations
+
+import signal
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from lightning.pytorch import Callback
+from scipy import sparse
+
+from scgpt_scvi import SCGPT
+from scgpt_scvi.model._training import LAST_CHECKPOINT, SPLIT_FILE
+
+TINY = {"d_model": 16, "nhead": 2, "d_hid": 16, "nlayers": 1, "max_seq_len": 12, "dropout": 0.1}
+N_OBS, BATCH = 40, 8  # 36 training cells -> 5 steps per epoch (last one partial)
+STEPS_PER_EPOCH = 5
+FIT = {
+    "max_epochs": 3,
+    "batch_size": BATCH,
+    "enable_progress_bar": False,
+    "accelerator": "cpu",
+    "plan_kwargs": {"lr": 1e-3},
+}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _model() -> SCGPT:
+    rng = np.random.default_rng(0)
+    X = rng.poisson(2.0, (N_OBS, 10)).astype(np.float32)
+    obs = pd.DataFrame(
+        {"cell_type": rng.choice(["T", "B"], N_OBS)}, index=[f"c{i}" for i in range(N_OBS)]
+    )
+    var = pd.DataFrame(index=[f"G{i}" for i in range(10)])
+    adata = ad.AnnData(sparse.csr_matrix(X), obs=obs, var=var)
+    SCGPT.setup_anndata(adata, labels_key="cell_type")
+    torch.manual_seed(0)
+    return SCGPT(adata, **TINY)
+
+
+class _Crash(Callback):
+    """Raise ``error`` after optimisation step ``step``."""
+
+    def __init__(self, step: int, error: BaseException):
+        self.step, self.error = step, error
+
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == self.step:
+            raise self.error
+
+
+def _weights(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
+
+
+def test_exception_leaves_model_usable_with_history():
+    model = _model()
+    with pytest.raises(RuntimeError, match="boom"):
+        model.train(**FIT, callbacks=[_Crash(STEPS_PER_EPOCH + 2, RuntimeError("boom"))])
+    assert not model.module.training
+    assert len(model.history_["train_loss"]) == 1  # the one finished epoch
+    assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_ctrl_c_is_a_keyboard_interrupt_and_leaves_ctrl_c_working():
+    model = _model()
+    handler = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        model.train(**FIT, callbacks=[_Crash(STEPS_PER_EPOCH + 1, KeyboardInterrupt())])
+    assert signal.getsignal(signal.SIGINT) is handler  # Lightning set SIG_IGN
+    assert not model.module.training and "train_loss" in model.history_
+    assert np.isfinite(model.get_latent_representation()).all()
+
+
+def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
+    perm = np.random.default_rng(0).permutation(N_OBS)
+    split = {"datasplitter_kwargs": {"external_indexing": [perm[:36], perm[36:], np.array([])]}}
+    reference = _model()
+    torch.manual_seed(1)
+    reference.train(**FIT, **split)
+
+    model = _model()
+    torch.manual_seed(1)
+    crash = _Crash(STEPS_PER_EPOCH + 3, RuntimeError("node lost"))
+    with pytest.raises(RuntimeError, match="node lost"):
+        model.train(**FIT, **split, checkpoint_dir=tmp_path, callbacks=[crash])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [LAST_CHECKPOINT, SPLIT_FILE]
+    torch.manual_seed(123)  # the checkpoint's random state wins over whatever comes before
+    model.train(**FIT, checkpoint_dir=tmp_path, resume=True)  # the split comes from split.json
+
+    ref, got = _weights(reference), _weights(model)
+    assert ref.keys() == got.keys()
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-5, atol=1e-6, msg=key)
+    assert model.is_trained_ and not model.module.training
+    assert len(model.history_["train_loss"]) == FIT["max_epochs"], model.history_["train_loss"]
+    np.testing.assert_allclose(
+        model.history_["train_loss"].to_numpy(float),  # scvi-tools' history is object dtype
+        reference.history_["train_loss"].to_numpy(float),
+        rtol=1e-5,
+    )
+
+
+def test_step_checkpoints_and_argument_errors(tmp_path):
+    model = _model()
+    fit = {**FIT, "max_epochs": 1}
+    model.train(**fit, checkpoint_dir=tmp_path, checkpoint_every_n_steps=2)
+    state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=False)
+    assert state["global_step"] == STEPS_PER_EPOCH and "optimizer_states" in state
+    with pytest.raises(ValueError, match="need checkpoint_dir"):
+        model.train(**fit, resume=True)
+    with pytest.raises(FileNotFoundError, match="resume=True but .*last.ckpt does not exist"):
+        model.train(**fit, checkpoint_dir=tmp_path / "none", resume=True)
+    with pytest.raises(ValueError, match="checkpoint_every_n_steps must be >= 1"):
+        model.train(**fit, checkpoint_dir=tmp_path, checkpoint_every_n_steps=0)
