@@ -2,15 +2,21 @@
 
 ``shared_dir`` points at the project's shared folder (reference fixtures, scGPT notes): the
 ``SCGPT_SCVI_SHARED`` environment variable, else ``<repo>/../shared``. Tests that need it are
-skipped, with the reason, when it is absent.
+skipped, with the reason, when it is absent, except under ``CI=true``: there a test that needs
+the shared folder (the ``shared_dir`` fixture, or a skip whose reason names a path inside the
+shared folder) fails instead, so a CI run never loses the parity coverage silently. The
+terminal summary says how many tests were skipped and why.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 
 import pytest
+
+pytest_plugins = ["pytester"]
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
@@ -23,12 +29,23 @@ def _shared_path() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared"
 
 
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _missing_shared(reason: str) -> None:
+    """Skip (on a user's machine) or fail (under ``CI=true``) for missing shared data."""
+    if _in_ci():
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    """The shared folder; skips the test when it does not exist."""
+    """The shared folder; skips the test when it does not exist (fails under ``CI=true``)."""
     path = _shared_path()
     if not path.is_dir():
-        pytest.skip(
+        _missing_shared(
             f"shared folder {path} not found: set SCGPT_SCVI_SHARED to the folder holding "
             "fixtures/ (scGPT reference fixtures) to run this test."
         )
@@ -37,11 +54,40 @@ def shared_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def fixtures_dir(shared_dir: Path) -> Path:
-    """``<shared>/fixtures``; skips the test when it does not exist."""
+    """``<shared>/fixtures``; skips the test when it does not exist (fails under ``CI=true``)."""
     path = shared_dir / "fixtures"
     if not path.is_dir():
-        pytest.skip(f"reference fixtures folder {path} not found (needed for parity tests).")
+        _missing_shared(f"reference fixtures folder {path} not found (needed for parity tests).")
     return path
+
+
+def _skip_reason(report) -> str:
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under ``CI=true``, a skip whose reason names a path in the shared folder fails."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and _in_ci() and str(_shared_path()) in _skip_reason(report):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"CI=true and this test needs the shared folder: {_skip_reason(report)} "
+            "(set SCGPT_SCVI_SHARED or put the shared folder beside the repository)."
+        )
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """How many tests were skipped, grouped by reason."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    if not skipped:
+        return
+    terminalreporter.section(f"{len(skipped)} tests skipped", sep="-")
+    for reason, n in Counter(_skip_reason(r) for r in skipped).most_common():
+        terminalreporter.write_line(f"{n:5d} x {reason}")
 
 
 @pytest.fixture(autouse=True)
