@@ -10,6 +10,7 @@ terminal summary says how many tests were skipped and why.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from pathlib import Path
@@ -90,6 +91,25 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"{n:5d} x {reason}")
 
 
+@contextlib.contextmanager
+def _single_torch_thread():
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread():
+    """Run the test with one torch thread (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    with _single_torch_thread():
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _engine_tests_single_thread(request):
     """Run the engine tests with one torch thread, restoring the setting afterwards.
@@ -104,11 +124,30 @@ def _engine_tests_single_thread(request):
     if top not in _SINGLE_THREAD_DIRS:
         yield
         return
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _single_torch_thread():
         yield
-    finally:
-        torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def counts_adata():
+    """Factory of small synthetic AnnData: sparse Poisson counts, ``obs['batch']`` (2 batches)
+    and ``obs['cell_type']`` (T / B / NK), cells ``cell0..`` and genes ``G0..``."""
+    import anndata as ad
+    import numpy as np
+    import pandas as pd
+    from scipy import sparse
+
+    def make(n_obs: int = 30, n_vars: int = 12, seed: int = 0) -> ad.AnnData:
+        rng = np.random.default_rng(seed)
+        X = rng.poisson(2.0, size=(n_obs, n_vars)).astype(np.float32)
+        obs = pd.DataFrame(
+            {
+                "batch": pd.Categorical([f"b{i % 2}" for i in range(n_obs)]),
+                "cell_type": pd.Categorical(rng.choice(["T", "B", "NK"], n_obs)),
+            },
+            index=[f"cell{i}" for i in range(n_obs)],
+        )
+        var = pd.DataFrame(index=[f"G{j}" for j in range(n_vars)])
+        return ad.AnnData(sparse.csr_matrix(X), obs=obs, var=var)
+
+    return make

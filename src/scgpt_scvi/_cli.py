@@ -129,31 +129,22 @@ def _check_output(src: Path, dst: Path) -> None:
         raise OptionError(f"--out {dst}: folder {parent} is not writable.")
 
 
-def check_embed_options(
-    path: str | Path,
-    model_dir: str | Path,
-    out: str | Path,
-    gene_col: str | None = None,
-    layer: str | None = None,
-    batch_size: int = 64,
-    max_length: int | None = None,
-    device: str = "cpu",
-    key_added: str = "X_scGPT",
-    **other,
-) -> None:
+def check_embed_options(options: Mapping[str, Any]) -> None:
     """Check every ``embed`` option value and file before any model is loaded.
+
+    ``options`` holds :func:`embed_h5ad`'s arguments by name (``path``, ``model_dir``, ``out``,
+    ``gene_col``, ``layer``, ``device`` and those with an :data:`OPTION_RULES` entry).
 
     Raises
     ------
     OptionError
         Naming the option or file (one line).
     """
-    _check_rules({"batch_size": batch_size, "max_length": max_length, "key_added": key_added})
-    _check_rules(other)
-    _check_input(Path(path), layer, gene_col)
-    _check_model_dir(Path(model_dir))
-    _check_output(Path(path), Path(out))
-    _check_device(device)
+    _check_rules(options)
+    _check_input(Path(options["path"]), options.get("layer"), options.get("gene_col"))
+    _check_model_dir(Path(options["model_dir"]))
+    _check_output(Path(options["path"]), Path(options["out"]))
+    _check_device(options.get("device", "cpu"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,14 +250,12 @@ def embed_h5ad(
     -------
     The ``(n_obs, d_model)`` embeddings (numpy).
     """
+    check_embed_options(locals())
     import anndata
     import numpy as np
 
     from .model import SCGPT
 
-    check_embed_options(
-        path, model_dir, out, gene_col, layer, batch_size, max_length, device, key_added
-    )
     src, dst = Path(path), Path(out)
     adata = anndata.read_h5ad(src, backed="r" if backed else None)
     try:

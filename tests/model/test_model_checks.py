@@ -9,34 +9,18 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from scipy import sparse
 
 from scgpt_scvi import SCGPT, SCGPTMultiomic, SCGPTPerturbation
 
 TINY = {"d_model": 16, "nhead": 2, "d_hid": 16, "nlayers": 1, "max_seq_len": 16, "dropout": 0.0}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _adata(n_obs: int = 30, n_vars: int = 12, seed: int = 0) -> ad.AnnData:
-    rng = np.random.default_rng(seed)
-    X = rng.poisson(2.0, size=(n_obs, n_vars)).astype(np.float32)
-    obs = pd.DataFrame(
-        {
-            "batch": [f"b{i % 2}" for i in range(n_obs)],
-            "cell_type": rng.choice(["T", "B", "NK"], n_obs),
-        },
-        index=[f"cell{i}" for i in range(n_obs)],
-    )
-    var = pd.DataFrame(index=[f"G{j}" for j in range(n_vars)])
-    return ad.AnnData(sparse.csr_matrix(X), obs=obs, var=var)
+@pytest.fixture
+def make_adata(counts_adata):
+    return counts_adata
 
 
 def _untouched(adata, obs_columns):
@@ -44,23 +28,23 @@ def _untouched(adata, obs_columns):
     assert not any(k.startswith("_scvi") for k in adata.uns)
 
 
-def test_missing_labels_column_leaves_adata_untouched():
-    adata = _adata()
+def test_missing_labels_column_leaves_adata_untouched(make_adata):
+    adata = make_adata()
     cols = list(adata.obs.columns)
     with pytest.raises(KeyError, match="labels_key 'nope' is not a column of adata.obs"):
         SCGPT.setup_anndata(adata, labels_key="nope")
     _untouched(adata, cols)  # in particular no obs['_scvi_batch']
 
 
-def test_zero_cells():
+def test_zero_cells(make_adata):
     with pytest.raises(ValueError, match="0 cells"):
-        SCGPT.setup_anndata(_adata()[:0].copy())
+        SCGPT.setup_anndata(make_adata()[:0].copy())
     with pytest.raises(ValueError, match="0 cells"):
-        SCGPTPerturbation.setup_anndata(_adata()[:0].copy(), "batch")
+        SCGPTPerturbation.setup_anndata(make_adata()[:0].copy(), "batch")
 
 
-def test_nan_in_batch_names_column_and_count():
-    adata = _adata()
+def test_nan_in_batch_names_column_and_count(make_adata):
+    adata = make_adata()
     adata.obs.loc[["cell3", "cell5"], "batch"] = np.nan
     cols = list(adata.obs.columns)
     with pytest.raises(ValueError, match=r"adata.obs\['batch'\] \(batch_key\) has 2 missing"):
@@ -68,16 +52,16 @@ def test_nan_in_batch_names_column_and_count():
     _untouched(adata, cols)
 
 
-def test_nan_in_labels_is_an_error_naming_the_column():
-    adata = _adata()
+def test_nan_in_labels_is_an_error_naming_the_column(make_adata):
+    adata = make_adata()
     adata.obs["cell_type"] = pd.Categorical(adata.obs["cell_type"])
     adata.obs.loc["cell0", "cell_type"] = np.nan
     with pytest.raises(ValueError, match=r"'cell_type'\] \(labels_key\) has 1 missing.*unknown"):
         SCGPT.setup_anndata(adata, labels_key="cell_type")
 
 
-def test_missing_layer_lists_available_layers():
-    adata = _adata()
+def test_missing_layer_lists_available_layers(make_adata):
+    adata = make_adata()
     adata.layers["raw"] = adata.X.copy()
     with pytest.raises(KeyError, match=r"layer 'counts' is not in adata.layers.*\['raw'\]"):
         SCGPT.setup_anndata(adata, layer="counts")
@@ -85,15 +69,15 @@ def test_missing_layer_lists_available_layers():
         SCGPTPerturbation.setup_anndata(adata, "batch", control_category="b0", layer="counts")
 
 
-def test_duplicated_obs_names_warn():
-    adata = _adata()
+def test_duplicated_obs_names_warn(make_adata):
+    adata = make_adata()
     adata.obs_names = ["same"] * 2 + list(adata.obs_names[2:])
     with pytest.warns(UserWarning, match="1 duplicated names.*'same'.*obs_names_make_unique"):
         SCGPT.setup_anndata(adata)
 
 
-def test_single_class_warns_at_setup_and_predict_says_why():
-    adata = _adata()
+def test_single_class_warns_at_setup_and_predict_says_why(make_adata):
+    adata = make_adata()
     adata.obs["cell_type"] = "T"
     with pytest.warns(UserWarning, match="single class \\('T'\\).*predict"):
         SCGPT.setup_anndata(adata, labels_key="cell_type")
@@ -102,15 +86,15 @@ def test_single_class_warns_at_setup_and_predict_says_why():
         model.predict()
 
 
-def test_tiny_class_warns():
-    adata = _adata()
+def test_tiny_class_warns(make_adata):
+    adata = make_adata()
     adata.obs["cell_type"] = ["rare"] * 2 + ["T"] * (adata.n_obs - 2)
     with pytest.warns(UserWarning, match=r"fewer than 3 cells: \{'rare': 2\}"):
         SCGPT.setup_anndata(adata, labels_key="cell_type")
 
 
-def test_clean_setup_gives_no_warning():
-    adata = _adata()
+def test_clean_setup_gives_no_warning(make_adata):
+    adata = make_adata()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SCGPT.setup_anndata(adata, batch_key="batch", labels_key="cell_type")

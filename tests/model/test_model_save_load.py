@@ -22,31 +22,12 @@ TINY = {"d_model": 16, "nhead": 2, "d_hid": 16, "nlayers": 1, "dropout": 0.0}
 FIT = {"max_epochs": 1, "batch_size": 16, "enable_progress_bar": False, "accelerator": "cpu"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def _adata(n_obs: int = 40, n_vars: int = 30, seed: int = 0) -> ad.AnnData:
-    rng = np.random.default_rng(seed)
-    X = rng.negative_binomial(2, 0.6, size=(n_obs, n_vars)).astype(np.float32)
-    obs = pd.DataFrame(
-        {
-            "batch": pd.Categorical([f"b{i % 2}" for i in range(n_obs)]),
-            "cell_type": pd.Categorical(rng.choice(["T", "B", "NK"], n_obs)),
-        },
-        index=[f"cell{i}" for i in range(n_obs)],
-    )
-    var = pd.DataFrame(index=[f"G{j}" for j in range(n_vars)])
-    return ad.AnnData(sparse.csr_matrix(X), obs=obs, var=var)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def trained():
-    adata = _adata()
+def trained(counts_adata):
+    adata = counts_adata(40, 30)
     SCGPT.setup_anndata(adata, batch_key="batch", labels_key="cell_type")
     torch.manual_seed(0)
     model = SCGPT(adata, use_batch_labels=True, max_seq_len=20, **TINY)

@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import signal
 
-import anndata as ad
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from lightning.pytorch import Callback
-from scipy import sparse
 
 from scgpt_scvi import SCGPT
 from scgpt_scvi.model._training import LAST_CHECKPOINT, SPLIT_FILE
@@ -27,25 +24,18 @@ FIT = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _model() -> SCGPT:
-    rng = np.random.default_rng(0)
-    X = rng.poisson(2.0, (N_OBS, 10)).astype(np.float32)
-    obs = pd.DataFrame(
-        {"cell_type": rng.choice(["T", "B"], N_OBS)}, index=[f"c{i}" for i in range(N_OBS)]
-    )
-    var = pd.DataFrame(index=[f"G{i}" for i in range(10)])
-    adata = ad.AnnData(sparse.csr_matrix(X), obs=obs, var=var)
-    SCGPT.setup_anndata(adata, labels_key="cell_type")
-    torch.manual_seed(0)
-    return SCGPT(adata, **TINY)
+@pytest.fixture
+def make_model(counts_adata):
+    def make() -> SCGPT:
+        adata = counts_adata(N_OBS, 10)
+        SCGPT.setup_anndata(adata, labels_key="cell_type")
+        torch.manual_seed(0)
+        return SCGPT(adata, **TINY)
+
+    return make
 
 
 class _Crash(Callback):
@@ -63,8 +53,8 @@ def _weights(model) -> dict:
     return {k: v.detach().clone() for k, v in model.module.state_dict().items()}
 
 
-def test_exception_leaves_model_usable_with_history():
-    model = _model()
+def test_exception_leaves_model_usable_with_history(make_model):
+    model = make_model()
     with pytest.raises(RuntimeError, match="boom"):
         model.train(**FIT, callbacks=[_Crash(STEPS_PER_EPOCH + 2, RuntimeError("boom"))])
     assert not model.module.training
@@ -72,8 +62,8 @@ def test_exception_leaves_model_usable_with_history():
     assert np.isfinite(model.get_latent_representation()).all()
 
 
-def test_ctrl_c_is_a_keyboard_interrupt_and_leaves_ctrl_c_working():
-    model = _model()
+def test_ctrl_c_is_a_keyboard_interrupt_and_leaves_ctrl_c_working(make_model):
+    model = make_model()
     handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         model.train(**FIT, callbacks=[_Crash(STEPS_PER_EPOCH + 1, KeyboardInterrupt())])
@@ -82,14 +72,14 @@ def test_ctrl_c_is_a_keyboard_interrupt_and_leaves_ctrl_c_working():
     assert np.isfinite(model.get_latent_representation()).all()
 
 
-def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
+def test_resume_after_crash_matches_uninterrupted_run(make_model, tmp_path):
     perm = np.random.default_rng(0).permutation(N_OBS)
     split = {"datasplitter_kwargs": {"external_indexing": [perm[:36], perm[36:], np.array([])]}}
-    reference = _model()
+    reference = make_model()
     torch.manual_seed(1)
     reference.train(**FIT, **split)
 
-    model = _model()
+    model = make_model()
     torch.manual_seed(1)
     crash = _Crash(STEPS_PER_EPOCH + 3, RuntimeError("node lost"))
     with pytest.raises(RuntimeError, match="node lost"):
@@ -111,8 +101,8 @@ def test_resume_after_crash_matches_uninterrupted_run(tmp_path):
     )
 
 
-def test_step_checkpoints_and_argument_errors(tmp_path):
-    model = _model()
+def test_step_checkpoints_and_argument_errors(make_model, tmp_path):
+    model = make_model()
     fit = {**FIT, "max_epochs": 1}
     model.train(**fit, checkpoint_dir=tmp_path, checkpoint_every_n_steps=2)
     state = torch.load(tmp_path / LAST_CHECKPOINT, weights_only=False)
