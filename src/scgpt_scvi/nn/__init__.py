@@ -25,7 +25,9 @@ from ._transformer import (
     MultiheadSelfAttention,
     TransformerEncoder,
     TransformerEncoderLayer,
+    chunked_dropout_attention,
     flash_attn_available,
+    varlen_attention,
 )
 
 __all__ = [
@@ -50,7 +52,9 @@ __all__ = [
     "cce_loss",
     "dab_loss",
     "ecs_loss",
+    "chunked_dropout_attention",
     "flash_attn_available",
+    "varlen_attention",
     "grad_reverse",
     "make_value_encoder",
     "masked_mse_loss",
