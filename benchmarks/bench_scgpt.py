@@ -91,7 +91,7 @@ def gflop_per_cell(tokens, d: int, d_hid: int, nlayers: int):
 
 
 def sdpa_backend(module, x_shape, training: bool) -> str:
-    """Names of the attention kernels one layer runs (profiler), e.g. ``flash_attention_for_cpu``."""
+    """Attention kernels one encoder layer runs (profiler names), e.g. SDPA's CPU flash."""
     import torch
     from torch.profiler import profile
 
@@ -107,9 +107,8 @@ def sdpa_backend(module, x_shape, training: bool) -> str:
             out.sum().backward()
     layer.train(was)
     keys = ("attention", "_chunked", "ChunkedAttention", "dropout")
-    names = sorted(
-        {e.name for e in prof.events() if any(k in e.name for k in keys) and "backward" not in e.name}
-    )
+    names = {e.name for e in prof.events() if any(k in e.name for k in keys)}
+    names = sorted(n for n in names if "backward" not in n)
     return ",".join(names) or "unknown"
 
 
@@ -152,7 +151,6 @@ def _accepts(fn, name: str) -> bool:
 
 def task_embed(args) -> dict:
     import numpy as np
-    import torch
 
     adata = _pbmc()
     model = _human_model(adata, args)

@@ -13,8 +13,11 @@ from scgpt_scvi.nn import (
     MultiheadSelfAttention,
     TransformerEncoder,
     TransformerEncoderLayer,
+    chunked_dropout_attention,
     flash_attn_available,
+    varlen_attention,
 )
+from scgpt_scvi.nn import _transformer as transformer_impl
 
 D, H, D_HID = 32, 4, 48
 LENGTHS = [7, 4, 6]
@@ -184,8 +187,6 @@ def test_encoder_names_layers_like_checkpoints():
 
 
 # --------------------------------------------------------------------------- speed paths
-from scgpt_scvi.nn import chunked_dropout_attention, varlen_attention  # noqa: E402
-from scgpt_scvi.nn import _transformer as transformer_impl  # noqa: E402
 
 
 def _reference_attention(q, k, v, padding_mask=None, drop=None, scale=1.0):

@@ -42,7 +42,9 @@ def _import_flash():
     return flash_attn_varlen_func
 
 
-def _drop_mask(shape: tuple[int, ...], p: float, device: torch.device) -> tuple[torch.Tensor, float]:
+def _drop_mask(
+    shape: tuple[int, ...], p: float, device: torch.device
+) -> tuple[torch.Tensor, float]:
     """Boolean dropout mask (True = dropped) and the keep-scale, from 16 random bits per element.
 
     Drawn from torch's default generator (``torch.manual_seed`` applies; activation checkpointing
@@ -230,7 +232,8 @@ class MultiheadSelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over ``x`` ``(B, L, d)``; ``padding_mask`` ``(B, L)`` is True at pads."""
         B, L, d = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        proj = getattr(self, "qkv_proj", None)  # set on int8 inference copies (quantize_int8)
+        qkv = proj(x) if proj is not None else F.linear(x, self.in_proj_weight, self.in_proj_bias)
         p = self.dropout if self.training else 0.0
         if self._use_flash(qkv):
             return self.out_proj(varlen_attention(qkv, padding_mask, self.nhead, self._flash, p))
