@@ -57,7 +57,8 @@ def test_bucketed_order_sorts_by_length_and_ascending_within_batches():
     run = _bucketed_order(lengths, batch_size=3)
     assert sorted(run.tolist()) == list(range(7))
     batches = [run[i : i + 3] for i in range(0, 7, 3)]
-    assert [sorted(lengths[b].tolist(), reverse=True) for b in batches] == [[9, 8, 7], [7, 3, 2], [1]]
+    expected = [[9, 8, 7], [7, 3, 2], [1]]
+    assert [sorted(lengths[b].tolist(), reverse=True) for b in batches] == expected
     assert all((np.diff(b) > 0).all() for b in batches)
 
 

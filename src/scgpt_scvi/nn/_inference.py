@@ -96,9 +96,13 @@ def quantize_int8(module: nn.Module, quantize: Literal["int8"] = "int8") -> nn.M
     Every ``nn.Linear`` and the packed ``[q; k; v]`` projection of each
     :class:`~scgpt_scvi.nn.MultiheadSelfAttention` get int8 weights (per output channel) and
     int8 activations quantised per token at run time; embeddings, norms and attention stay
-    fp32. Built with torchao's ``Int8DynamicActivationInt8WeightConfig`` when torchao is
-    installed, else with ``torch.ao.quantization.quantize_dynamic`` (deprecated in PyTorch in
-    favour of torchao, still shipped in 2.13).
+    fp32. Built with ``torch.ao.quantization.quantize_dynamic`` (fbgemm / x86 kernels).
+
+    Why not torchao: PyTorch 2.13 marks ``torch.ao.quantization`` deprecated in favour of
+    torchao's ``quantize_``, but torchao 0.18's ``Int8DynamicActivationInt8WeightConfig`` has no
+    fast CPU kernel (measured here ~20x slower than fp32 on a 512-wide MLP), while
+    ``quantize_dynamic`` still ships in 2.13 and runs the fbgemm/x86 int8 kernels. Swapping in
+    torchao is one function (:func:`_quantize_linears`) once it has CPU kernels.
 
     Raises
     ------
