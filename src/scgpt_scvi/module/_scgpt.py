@@ -101,7 +101,9 @@ class SCGPTModule(BaseModuleClass):
     pre_norm
         Pre-norm transformer layers instead of post-norm.
     attention_backend
-        ``"sdpa"`` or ``"flash"``.
+        ``"auto"`` (flash-attn's varlen kernel for CUDA fp16/bf16 inputs when flash-attn is
+        installed, SDPA otherwise), ``"sdpa"`` or ``"flash"``; see
+        :class:`~scgpt_scvi.nn.MultiheadSelfAttention`.
     attention_dropout
         Dropout on attention probabilities (default ``dropout``, as scGPT). ``0`` is faster in
         training (SDPA's fused kernels instead of a random number per attention score).
@@ -151,7 +153,7 @@ class SCGPTModule(BaseModuleClass):
         ecs_threshold: float = 0.3,
         explicit_zero_prob: bool = False,
         pre_norm: bool = False,
-        attention_backend: str = "sdpa",
+        attention_backend: str = "auto",
         attention_dropout: float | None = None,
         checkpoint_activations: bool = False,
         gene_token_ids: torch.Tensor | None = None,

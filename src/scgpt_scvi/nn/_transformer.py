@@ -27,7 +27,7 @@ __all__ = [
     "varlen_attention",
 ]
 
-ATTENTION_BACKENDS = ("sdpa", "flash")
+ATTENTION_BACKENDS = ("auto", "sdpa", "flash")
 
 #: Elements of one query block's ``(B, H, block, L)`` score tensor in the chunked path (16 MiB).
 _BLOCK_ELEMENTS = 1 << 22
@@ -184,9 +184,11 @@ class MultiheadSelfAttention(nn.Module):
     dropout
         Attention-probability dropout (training only).
     backend
-        ``"sdpa"`` (``torch.nn.functional.scaled_dot_product_attention``, any device and dtype) or
+        ``"sdpa"`` (``torch.nn.functional.scaled_dot_product_attention``, any device and dtype),
         ``"flash"`` (flash-attn varlen kernels on CUDA in fp16/bf16 with pads packed away; other
-        inputs use SDPA).
+        inputs use SDPA; warns when flash-attn or CUDA is missing) or ``"auto"`` (flash-attn
+        where it is installed and the inputs are CUDA fp16/bf16, e.g. under
+        ``precision="bf16"``; SDPA otherwise, silently).
 
     Notes
     -----
@@ -196,7 +198,7 @@ class MultiheadSelfAttention(nn.Module):
     layer's ``B × H × L × L`` probabilities); on CUDA SDPA's kernels take dropout themselves.
     """
 
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, backend: str = "sdpa"):
+    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, backend: str = "auto"):
         super().__init__()
         if d_model % nhead:
             raise ValueError(f"d_model={d_model} is not divisible by nhead={nhead}.")
@@ -210,6 +212,7 @@ class MultiheadSelfAttention(nn.Module):
         self.out_proj = nn.Linear(d_model, d_model)
         self.backend = backend
         self._flash = None
+        self._flash_checked = backend != "auto"  # "auto" imports flash-attn at first CUDA use
         if backend == "flash":
             self._flash = _import_flash()
             if self._flash is None:
@@ -227,7 +230,11 @@ class MultiheadSelfAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def _use_flash(self, x: torch.Tensor) -> bool:
-        return self._flash is not None and x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+        if not (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)):
+            return False
+        if not self._flash_checked:
+            self._flash, self._flash_checked = _import_flash(), True
+        return self._flash is not None
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Attend over ``x`` ``(B, L, d)``; ``padding_mask`` ``(B, L)`` is True at pads."""
@@ -274,7 +281,7 @@ class TransformerEncoderLayer(nn.Module):
         dropout: float = 0.1,
         pre_norm: bool = False,
         layer_norm_eps: float = 1e-5,
-        attention_backend: str = "sdpa",
+        attention_backend: str = "auto",
         attention_dropout: float | None = None,
     ):
         super().__init__()
