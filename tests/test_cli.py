@@ -245,3 +245,16 @@ def test_console_errors_have_no_traceback(tiny, tmp_path):
     assert run.stderr.strip().splitlines() == [
         "scgpt-scvi embed: error: --batch-size must be >= 1; got -1."
     ]
+
+def test_embed_quantize_and_precision(in_memory_run, pbmc_file, model_dir, tmp_path, capsys):
+    """``--quantize int8`` stays close to fp32; an unsupported ``--precision`` is a clean error."""
+    out = tmp_path / "int8.h5ad"
+    args = ["embed", str(pbmc_file), "--model", str(model_dir), "--quiet"]
+    assert main([*args, "--out", str(out), "--quantize", "int8", "--precision", "fp32"]) == 0
+    z8, z32 = ad.read_h5ad(out).obsm["X_scGPT"], ad.read_h5ad(in_memory_run).obsm["X_scGPT"]
+    assert not np.array_equal(z8, z32)
+    assert (z8 * z32).sum(1).min() >= 0.99  # both L2-normalised: the per-cell cosine
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--out", str(tmp_path / "fp16.h5ad"), "--precision", "fp16"])
+    assert exit_.value.code == 2
+    assert "supported there: ('fp32', 'bf16')" in capsys.readouterr().err

@@ -187,12 +187,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--backed", action="store_true", help="stream X from disk instead of loading it"
     )
     embed.add_argument("--key-added", default="X_scGPT", help="obsm key (default X_scGPT)")
+    embed.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default=None,
+        help="autocast precision (default: bf16 on GPUs that support it, fp32 on CPU)",
+    )
+    embed.add_argument(
+        "--quantize", choices=("int8",), default=None, help="dynamic int8 linear layers (CPU)"
+    )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_run_embed)
     return parser
 
 
-def _embeddings(model, n_obs: int, batch_size: int, progress: bool):
+def _embeddings(model, n_obs: int, batch_size: int, progress: bool, precision=None):
     """Latent representation minibatch by minibatch, with a progress bar over cells."""
     import numpy as np
     from tqdm.auto import tqdm
@@ -201,7 +210,11 @@ def _embeddings(model, n_obs: int, batch_size: int, progress: bool):
     with tqdm(total=n_obs, unit="cell", disable=not progress, file=sys.stderr) as bar:
         for start in range(0, n_obs, batch_size):
             idx = np.arange(start, min(start + batch_size, n_obs))
-            out.append(model.get_latent_representation(indices=idx, batch_size=batch_size))
+            out.append(
+                model.get_latent_representation(
+                    indices=idx, batch_size=batch_size, precision=precision
+                )
+            )
             bar.update(len(idx))
     return np.concatenate(out) if out else np.zeros((0, model.module.d_model), np.float32)
 
@@ -240,6 +253,8 @@ def embed_h5ad(
     backed: bool = False,
     key_added: str = "X_scGPT",
     progress: bool = True,
+    precision: str | None = None,
+    quantize: str | None = None,
 ):
     """Embed the cells of an ``.h5ad`` file and write a copy with ``obsm[key_added]``.
 
@@ -261,10 +276,10 @@ def embed_h5ad(
     try:
         overrides = {} if max_length is None else {"max_seq_len": max_length}
         model = SCGPT.from_pretrained(
-            model_dir, adata, gene_symbols_key=gene_col, layer=layer, **overrides
+            model_dir, adata, gene_symbols_key=gene_col, layer=layer, quantize=quantize, **overrides
         )
         model.to_device(device)
-        emb = _embeddings(model, adata.n_obs, batch_size, progress)
+        emb = _embeddings(model, adata.n_obs, batch_size, progress, precision)
     finally:
         if backed:
             adata.file.close()
@@ -293,6 +308,8 @@ def _run_embed(args: argparse.Namespace) -> int:
         backed=args.backed,
         key_added=args.key_added,
         progress=not args.quiet,
+        precision=args.precision,
+        quantize=args.quantize,
     )
     print(f"wrote {args.out}: obsm[{args.key_added!r}] {emb.shape}", file=sys.stderr)
     return 0

@@ -13,8 +13,11 @@ from scgpt_scvi.nn import (
     MultiheadSelfAttention,
     TransformerEncoder,
     TransformerEncoderLayer,
+    chunked_dropout_attention,
     flash_attn_available,
+    varlen_attention,
 )
+from scgpt_scvi.nn import _transformer as transformer_impl
 
 D, H, D_HID = 32, 4, 48
 LENGTHS = [7, 4, 6]
@@ -181,3 +184,142 @@ def test_encoder_names_layers_like_checkpoints():
     assert "layers.2.self_attn.in_proj_weight" in keys
     assert "layers.0.norm2.bias" in keys
     assert not any(k.startswith("layers.3.") for k in keys)
+
+
+# --------------------------------------------------------------------------- speed paths
+
+
+def _reference_attention(q, k, v, padding_mask=None, drop=None, scale=1.0):
+    """Plain softmax(QKᵀ/√d)V, with an optional explicit dropout mask (True = dropped)."""
+    scores = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    if padding_mask is not None:
+        scores = scores.masked_fill(padding_mask[:, None, None, :], float("-inf"))
+    probs = scores.softmax(-1)
+    if drop is not None:
+        probs = probs.masked_fill(drop, 0.0) * scale
+    return probs @ v
+
+
+def _qkv(B=3, H=4, L=9, Dh=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, H, L, Dh, generator=g) for _ in range(3)]
+
+
+@pytest.mark.parametrize("block", [1, 4, 1 << 22])
+def test_chunked_attention_equals_reference_math(block, monkeypatch):
+    """Without dropout the chunked path is softmax attention, whatever the query block."""
+    monkeypatch.setattr(transformer_impl, "_BLOCK_ELEMENTS", block * 3 * 4 * 9)
+    q, k, v = _qkv()
+    pm = _padding_mask([9, 5, 7], 9)
+    got = chunked_dropout_attention(q, k, v, pm)
+    torch.testing.assert_close(got, _reference_attention(q, k, v, pm), rtol=1e-5, atol=1e-6)
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=~pm[:, None, None])
+    torch.testing.assert_close(got, sdpa, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_dropout_mask_and_gradients(monkeypatch):
+    """With dropout: the output is the reference math under the drawn mask, gradients agree
+    with autograd through that math, and the checkpointed recompute redraws the same mask."""
+    monkeypatch.setattr(transformer_impl, "_BLOCK_ELEMENTS", 2 * 3 * 4 * 9)  # blocks of 2 queries
+    q, k, v = (t.requires_grad_(True) for t in _qkv(seed=1))
+    pm = _padding_mask([9, 5, 7], 9)
+    torch.manual_seed(7)
+    out = chunked_dropout_attention(q, k, v, pm, dropout_p=0.3)
+    (out * torch.linspace(-1, 1, 8)).sum().backward()
+    grads = [t.grad.clone() for t in (q, k, v)]
+    # redraw the mask block by block exactly as the kernel does
+    torch.manual_seed(7)
+    drops, scale = [], None
+    for _ in range(0, 9, 2):
+        n = min(2, 9 - len(drops) * 2)
+        drop, scale = transformer_impl._drop_mask((3, 4, n, 9), 0.3, q.device)
+        drops.append(drop)
+    drop = torch.cat(drops, dim=2)
+    assert 0.2 < drop[~pm[:, None, None, :].expand_as(drop)].float().mean() < 0.4
+    for t in (q, k, v):
+        t.grad = None
+    ref = _reference_attention(q, k, v, pm, drop, scale)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    (ref * torch.linspace(-1, 1, 8)).sum().backward()
+    for got, t in zip(grads, (q, k, v), strict=True):
+        torch.testing.assert_close(got, t.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_chunked_recompute_same_as_stored():
+    q, k, v = (t.requires_grad_(True) for t in _qkv(seed=2))
+    results = []
+    for recompute in (True, False):
+        torch.manual_seed(3)
+        out = chunked_dropout_attention(q, k, v, None, 0.2, recompute=recompute)
+        out.pow(2).sum().backward()
+        results.append((out.detach(), [t.grad.clone() for t in (q, k, v)]))
+        for t in (q, k, v):
+            t.grad = None
+    (o1, g1), (o2, g2) = results
+    assert torch.equal(o1, o2)
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_attention_dropout_default_and_zero_same_in_eval():
+    torch.manual_seed(0)
+    default = TransformerEncoder(2, d_model=D, nhead=H, d_hid=D_HID, dropout=0.3)
+    zero = TransformerEncoder(2, d_model=D, nhead=H, d_hid=D_HID, dropout=0.3, attention_dropout=0)
+    assert default.layers[0].self_attn.dropout == 0.3
+    assert zero.layers[0].self_attn.dropout == 0.0
+    assert zero.layers[0].dropout.p == 0.3
+    zero.load_state_dict(default.state_dict(), strict=True)
+    x, pm = _inputs()
+    torch.testing.assert_close(default.eval()(x, pm), zero.eval()(x, pm), rtol=0, atol=0)
+    # in training the options do differ
+    default.train(), zero.train()
+    torch.manual_seed(1)
+    a = default(x, pm)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, zero(x, pm))
+    with pytest.raises(ValueError, match="attention_dropout"):
+        TransformerEncoderLayer(D, H, D_HID, attention_dropout=1.5)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_activation_checkpointing_identical_gradients(pre_norm):
+    torch.manual_seed(0)
+    kwargs = dict(d_model=D, nhead=H, d_hid=D_HID, dropout=0.2, pre_norm=pre_norm)
+    plain = TransformerEncoder(3, **kwargs)
+    ckpt = TransformerEncoder(3, checkpoint_activations=True, **kwargs)
+    ckpt.load_state_dict(plain.state_dict(), strict=True)
+    assert set(ckpt.state_dict()) == set(plain.state_dict())
+    x, pm = _inputs()
+    grads = []
+    for enc in (plain, ckpt):
+        torch.manual_seed(5)
+        out = enc(x, pm)
+        out[~pm].pow(2).mean().backward()
+        grads.append({n: p.grad.clone() for n, p in enc.named_parameters()})
+    for name, g in grads[0].items():
+        assert torch.equal(g, grads[1][name]), name
+
+
+def _sdpa_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0):
+    """Stand-in for ``flash_attn_varlen_func``: SDPA on each packed segment."""
+    out = torch.empty_like(q)
+    for s, e in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+        seg = [t[s:e].transpose(0, 1) for t in (q, k, v)]  # (H, n, Dh)
+        out[s:e] = torch.nn.functional.scaled_dot_product_attention(*seg).transpose(0, 1)
+    return out
+
+
+def test_varlen_packing_equals_sdpa_on_ragged_batch():
+    torch.manual_seed(0)
+    attn = MultiheadSelfAttention(D, H).eval()
+    x, _ = _inputs(L=11)
+    pm = _padding_mask([11, 3, 8], 11)
+    expected = attn(x, pm)
+    attn._flash = _sdpa_varlen
+    attn._use_flash = lambda t: True
+    got = attn(x, pm)
+    assert (got - expected)[~pm].abs().max() <= 1e-6
+    # without a mask every token is one segment per cell
+    qkv = torch.nn.functional.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    full = varlen_attention(qkv, None, H, _sdpa_varlen)
+    assert (attn.out_proj(full) - attn(x)).abs().max() <= 1e-6

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
@@ -12,8 +13,10 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from scipy import sparse
+from scvi import REGISTRY_KEYS
 
 from ..data import GeneVocab
+from ..nn import autocast, quantize_int8, resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +27,7 @@ __all__ = [
     "check_expression",
     "gene_overlap",
     "iter_rows",
+    "token_counts",
     "SCGPTBaseMixin",
 ]
 
@@ -63,6 +67,32 @@ def iter_rows(X, chunk_size: int = 4096) -> Iterator[tuple[int, np.ndarray | spa
     """Yield ``(start, rows)`` chunks of a dense, sparse or backed matrix without densifying it."""
     for start in range(0, X.shape[0], chunk_size):
         yield start, X[start : start + chunk_size]
+
+
+def token_counts(X, columns: np.ndarray) -> np.ndarray:
+    """Expressed genes per row among ``columns`` (bool, per column), streamed in chunks.
+
+    Sparse and backed matrices are read chunk by chunk and never densified.
+    """
+    counts = np.zeros(X.shape[0], dtype=np.int64)
+    for start, rows in iter_rows(X):
+        if sparse.issparse(rows):
+            rows = sparse.csr_matrix(rows)
+            hit = columns[rows.indices] & (rows.data > 0)
+            row_of = np.repeat(np.arange(rows.shape[0]), np.diff(rows.indptr))
+            n = np.bincount(row_of[hit], minlength=rows.shape[0])
+        else:
+            n = (np.asarray(rows)[:, columns] > 0).sum(1)
+        counts[start : start + rows.shape[0]] = n
+    return counts
+
+
+def _bucketed_order(lengths: np.ndarray, batch_size: int) -> np.ndarray:
+    """Positions sorted by ``lengths`` (longest first), then ascending within each minibatch
+    (backed AnnData reads a minibatch's rows in ascending order)."""
+    order = np.argsort(-lengths, kind="stable")
+    chunks = [np.sort(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    return np.concatenate(chunks) if chunks else order
 
 
 def check_expression(X, obs_names: pd.Index, what: str = "adata.X") -> np.ndarray:
@@ -153,6 +183,33 @@ class SCGPTBaseMixin:
         genes = getattr(self, "model_genes_", None)
         return pd.Index(genes) if genes is not None else self._gene_names(self.adata)
 
+    def _token_lengths(self, adata: AnnData, indices: np.ndarray) -> np.ndarray | None:
+        """Tokens each cell of ``indices`` gets (before the ``max_seq_len`` cap), or ``None``
+        when all cells get the same number (``include_zero_genes``)."""
+        if getattr(self.module, "include_zero_genes", True):
+            return None
+        X = self.get_anndata_manager(adata, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
+        columns = (self.module.gene_token_ids >= 0).cpu().numpy()
+        return token_counts(X, columns)[indices]
+
+    @contextlib.contextmanager
+    def _inference_module(self, quantize: str | None):
+        """``self.module``, or while inside, its int8 copy (cached until a parameter changes)."""
+        if quantize is None:
+            yield
+            return
+        key = (quantize, tuple((p.data_ptr(), p._version) for p in self.module.parameters()))
+        cache = getattr(self, "_quantized_cache", None)
+        if cache is None or cache[0] != key:
+            cache = (key, quantize_int8(self.module, quantize))
+            self._quantized_cache = cache
+        original = self.module
+        self.module = cache[1]
+        try:
+            yield
+        finally:
+            self.module = original
+
     @torch.inference_mode()
     def _collect(
         self,
@@ -160,17 +217,51 @@ class SCGPTBaseMixin:
         adata: AnnData | None = None,
         indices=None,
         batch_size: int | None = None,
+        precision: str | None = None,
+        quantize: str | None = None,
+        bucket: bool = False,
+        progress_bar: bool = False,
         **loader_kwargs,
     ) -> np.ndarray:
-        """Run ``fn(tensors)`` over minibatches in eval mode and stack the results (numpy)."""
+        """Run ``fn(tensors)`` over minibatches in eval mode and stack the results (numpy).
+
+        With ``bucket``, cells are batched by token count (longest first, so minibatches carry
+        few pads) and the results are put back in the order of ``indices``; results are the
+        same as without it because a cell's tokens and embedding do not depend on its
+        minibatch. ``precision`` runs under autocast (see :func:`~scgpt_scvi.nn.autocast`),
+        ``quantize="int8"`` on a dynamic-int8 copy of the module (CPU).
+        """
         adata = self._validate_anndata(adata)
+        precision = resolve_precision(self.device, precision)
+        positions = np.arange(adata.n_obs) if indices is None else np.asarray(indices)
+        if positions.dtype == bool:
+            positions = np.flatnonzero(positions)
+        batch_size = batch_size or 64
+        lengths = self._token_lengths(adata, positions) if bucket else None
+        run = None if lengths is None else _bucketed_order(lengths, batch_size)
         loader = self._make_data_loader(
-            adata=adata, indices=indices, batch_size=batch_size or 64, **loader_kwargs
+            adata=adata,
+            indices=positions if run is None else positions[run],
+            batch_size=batch_size,
+            **loader_kwargs,
         )
         was_training = self.module.training
         self.module.eval()
         try:
-            outs = [fn(tensors).float().cpu() for tensors in loader]
+            with self._inference_module(quantize), autocast(self.device, precision):
+                batches = loader
+                if progress_bar:
+                    from tqdm.auto import tqdm
+
+                    batches = tqdm(loader, total=len(loader), unit="batch", desc="embedding")
+                outs = [fn(tensors).float().cpu() for tensors in batches]
         finally:
             self.module.train(was_training)
-        return torch.cat(outs).numpy() if outs else np.zeros((0,), dtype=np.float32)
+        if not outs:
+            return np.zeros((0,), dtype=np.float32)
+        out = torch.cat(outs).numpy()
+        if run is not None:
+            restored = np.empty_like(out)
+            restored[run] = out
+            out = restored
+        return out

@@ -6,6 +6,7 @@ import inspect
 import json
 import os
 from pathlib import Path
+from typing import Literal
 
 from anndata import AnnData
 
@@ -26,6 +27,7 @@ from .._checkpoint import (
     state_options,
 )
 from ..data import GeneVocab
+from ..nn import check_quantize
 
 __all__ = ["PretrainedMixin", "with_pretrained_parts"]
 
@@ -96,6 +98,7 @@ class PretrainedMixin:
         model_dir: str | os.PathLike,
         adata: AnnData,
         gene_symbols_key: str | None = None,
+        quantize: Literal["int8"] | None = None,
         **overrides,
     ):
         """Build a model from an scGPT checkpoint folder (e.g. the released whole-human model).
@@ -129,6 +132,10 @@ class PretrainedMixin:
         gene_symbols_key
             ``var`` column of gene symbols (default ``var_names``), as ``embed_data``'s
             ``gene_col``.
+        quantize
+            ``"int8"``: embed with dynamic int8 linear layers by default (CPU; sets
+            ``model.quantize_``, the default of :meth:`get_latent_representation`; the weights
+            stay fp32, so the model can still be fine-tuned).
         **overrides
             Setup arguments (``layer``, ``batch_key``, ``labels_key``) and model options that
             win over ``args.json`` (e.g. ``max_seq_len``, ``use_batch_labels=True``,
@@ -144,6 +151,8 @@ class PretrainedMixin:
         >>> model = SCGPT.from_pretrained("scGPT_human", adata, gene_symbols_key="feature_name")
         >>> adata.obsm["X_scGPT"] = model.get_latent_representation()
         """
+        if quantize is not None:
+            check_quantize(quantize)
         model_dir = Path(model_dir)
         args, vocab, state = read_args(model_dir), read_vocab(model_dir), read_state_dict(model_dir)
         setup_kwargs = {k: overrides.pop(k) for k in cls._setup_parameters() if k in overrides}
@@ -155,6 +164,7 @@ class PretrainedMixin:
         model.checkpoint_report_ = {**report, "changed_options": changed}
         model.is_trained_ = True
         model.normalize_embeddings_ = True
+        model.quantize_ = quantize
         return model
 
     def train(self, *args, **kwargs):

@@ -7,6 +7,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -247,11 +248,15 @@ class SCGPT(
         indices: Sequence[int] | None = None,
         batch_size: int | None = None,
         normalize: bool | None = None,
+        precision: Literal["fp32", "bf16", "fp16"] | None = None,
+        quantize: Literal["int8"] | None = None,
+        progress_bar: bool = False,
     ) -> np.ndarray:
         """Cell embeddings ``(n_obs, d_model)`` (by the module's ``cell_emb_style``).
 
         Deterministic: a cell's tokens are keyed on its name and the fixed seed, and padding
-        does not change the result, so any ``batch_size`` gives the same numbers.
+        does not change the result, so any ``batch_size`` gives the same numbers. Cells are
+        batched by token count (few pads) and returned in the order asked for.
 
         Parameters
         ----------
@@ -264,11 +269,37 @@ class SCGPT(
         normalize
             L2-normalise each embedding (what ``scgpt.tasks.embed_data`` returns). Default:
             ``model.normalize_embeddings_`` (True for models from :meth:`from_pretrained`).
+        precision
+            Matmul precision under ``torch.autocast``: default ``"bf16"`` on GPUs that support
+            it (``"fp16"`` on older GPUs, where flash-attn, if installed, is then used), ``"fp32"``
+            on CPU (CPU ``"bf16"`` is allowed but emulated on CPUs without native bf16).
+        quantize
+            ``"int8"``: dynamic int8 linear layers (CPU; an inference copy of the module, the
+            model is unchanged). Default: ``model.quantize_`` (set by :meth:`from_pretrained`).
+        progress_bar
+            Show a progress bar over minibatches.
+
+        Examples
+        --------
+        >>> adata.obsm["X_scgpt"] = model.get_latent_representation()
+        >>> z8 = model.get_latent_representation(quantize="int8")  # CPU, ~2x faster
+        >>> z16 = model.get_latent_representation(precision="bf16")  # GPU default
         """
         if normalize is None:
             normalize = self.normalize_embeddings_
+        if quantize is None:
+            quantize = getattr(self, "quantize_", None)
         with self._genes_of(adata):
-            z = self._collect(lambda t: self._inference(t)["cell_emb"], adata, indices, batch_size)
+            z = self._collect(
+                lambda t: self._inference(t)["cell_emb"],
+                adata,
+                indices,
+                batch_size,
+                precision=precision,
+                quantize=quantize,
+                bucket=True,
+                progress_bar=progress_bar,
+            )
         return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12) if normalize else z
 
     def predict(
@@ -291,7 +322,7 @@ class SCGPT(
             return F.softmax(self.module.cls_decoder(out["cell_emb"]), dim=-1)
 
         with self._genes_of(adata):
-            p = self._collect(probs, adata, indices, batch_size)
+            p = self._collect(probs, adata, indices, batch_size, bucket=True)
         if soft:
             obs = (adata if adata is not None else self.adata).obs_names
             index = obs if indices is None else obs[np.asarray(indices)]

@@ -19,17 +19,35 @@ from ._encoders import (
     make_value_encoder,
 )
 from ._grad_reverse import grad_reverse
+from ._inference import (
+    PRECISIONS,
+    QUANTIZE_MODES,
+    autocast,
+    check_quantize,
+    quantize_int8,
+    resolve_precision,
+    supported_precisions,
+)
 from ._losses import cce_loss, dab_loss, ecs_loss, masked_mse_loss, masked_nonzero_nll
 from ._transformer import (
     ATTENTION_BACKENDS,
     MultiheadSelfAttention,
     TransformerEncoder,
     TransformerEncoderLayer,
+    chunked_dropout_attention,
     flash_attn_available,
+    varlen_attention,
 )
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "PRECISIONS",
+    "QUANTIZE_MODES",
+    "autocast",
+    "check_quantize",
+    "quantize_int8",
+    "resolve_precision",
+    "supported_precisions",
     "MVC_DECODER_STYLES",
     "VALUE_ENCODER_STYLES",
     "AdversarialDiscriminator",
@@ -50,7 +68,9 @@ __all__ = [
     "cce_loss",
     "dab_loss",
     "ecs_loss",
+    "chunked_dropout_attention",
     "flash_attn_available",
+    "varlen_attention",
     "grad_reverse",
     "make_value_encoder",
     "masked_mse_loss",
