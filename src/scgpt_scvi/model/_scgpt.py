@@ -22,6 +22,7 @@ from scvi.model.base._save_load import _initialize_model
 
 from ..data import GeneVocab
 from ..module import SCGPTModule
+from ._analysis import SCGPTAnalysisMixin
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._fields import CellKeyObsField
 from ._pretrained import PretrainedMixin
@@ -33,7 +34,12 @@ __all__ = ["SCGPT"]
 
 
 class SCGPT(
-    PretrainedMixin, SCGPTBaseMixin, ArchesMixin, UnsupervisedTrainingMixin, BaseModelClass
+    PretrainedMixin,
+    SCGPTAnalysisMixin,
+    SCGPTBaseMixin,
+    ArchesMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
 ):
     """scGPT (Cui et al. 2024) as an scvi-tools model.
 
