@@ -213,7 +213,7 @@ class SCGPTAnalysisMixin:
             for _, weights, gene_index in self._iter_attention(adata, rows, layer, batch_size):
                 pos = position[torch.where(gene_index >= 0, gene_index, n_vars)]
                 for b in range(weights.shape[0]):
-                    t = torch.flatnonzero(pos[b] >= 0)
+                    t = torch.nonzero(pos[b] >= 0).flatten()
                     p = pos[b][t]
                     flat = (p[:, None] * G + p[None, :]).reshape(-1)
                     total.index_add_(0, flat, weights[b][t][:, t].reshape(-1).double())
