@@ -7,6 +7,7 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -20,7 +21,7 @@ from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMix
 from scvi.model.base._archesmixin import _get_loaded_data
 from scvi.model.base._save_load import _initialize_model
 
-from ..data import GeneVocab
+from ..data import GeneVocab, check_gene_id_type
 from ..module import SCGPTModule
 from ._analysis import SCGPTAnalysisMixin
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
@@ -118,6 +119,7 @@ class SCGPT(
         batch_key: str | None = None,
         labels_key: str | None = None,
         gene_symbols_key: str | None = None,
+        gene_id_type: Literal["auto", "symbol", "ensembl"] = "auto",
         **kwargs,
     ) -> None:
         """Register an AnnData for SCGPT.
@@ -141,7 +143,13 @@ class SCGPT(
         gene_symbols_key
             ``var`` column of gene symbols matched against the vocabulary (default:
             ``var_names``).
+        gene_id_type
+            What the gene names are: ``"symbol"``, ``"ensembl"`` (human or mouse Ensembl gene
+            IDs, mapped to symbols with the packaged table, see
+            :func:`~scgpt_scvi.data.ensembl_to_symbol`) or ``"auto"`` (Ensembl when most names
+            look like Ensembl IDs). Unmapped IDs are left out of the tokens.
         """
+        check_gene_id_type(gene_id_type)
         setup_method_args = cls._get_setup_method_args(**locals())
         X = adata.layers[layer] if layer is not None else adata.X
         if gene_symbols_key is not None and gene_symbols_key not in adata.var:

@@ -205,8 +205,9 @@ class ReferenceIndex:
         if self.backend == "exact":
             idx, dist = self._query_exact(q, k, chunk_size)
         elif self.backend == "pynndescent":
-            idx, dist = self._ann.query(q, k=k, epsilon=0.2)
-            dist = dist.astype(np.float32)
+            # search 2k candidates (they come back sorted) for recall, keep the nearest k
+            idx, dist = self._ann.query(q, k=min(2 * k, self.n_obs), epsilon=0.3)
+            idx, dist = idx[:, :k], dist[:, :k].astype(np.float32)
             if self.metric == "cosine":
                 dist = dist**2 / 2  # unit rows: |a - b|^2 = 2 (1 - cos)
         else:
