@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, module, nn
+from . import data, module, nn, tl
 from .data import GeneVocab
 from .model import SCGPT, SCGPTMultiomic, SCGPTPerturbation, SCGPTTrainingPlan
 from .module import SCGPTModule, SCGPTMultiomicModule, SCGPTPerturbationModule
@@ -24,4 +24,5 @@ __all__ = [
     "data",
     "module",
     "nn",
+    "tl",
 ]

@@ -263,6 +263,7 @@ def test_setup_args_hold_only_the_arguments():
         "batch_key",
         "labels_key",
         "gene_symbols_key",
+        "gene_id_type",
     }
 
 

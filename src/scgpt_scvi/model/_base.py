@@ -15,7 +15,7 @@ from anndata import AnnData
 from scipy import sparse
 from scvi import REGISTRY_KEYS
 
-from ..data import GeneVocab
+from ..data import GeneVocab, to_symbols
 from ..nn import autocast, quantize_int8, resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -141,6 +141,8 @@ def gene_overlap(genes: pd.Index, vocab: GeneVocab) -> tuple[np.ndarray, dict]:
     info = {
         "n_genes": int(len(genes)),
         "n_matched": int(matched.sum()),
+        "n_unnamed": int(sum(not _is_name(g) for g in genes)),  # e.g. unmapped Ensembl IDs
+        "n_ambiguous": int(pd.Index(genes[matched]).duplicated(keep=False).sum()),
         "fraction_matched": float(matched.mean()) if len(genes) else 0.0,
         "unmatched_examples": unmatched,
     }
@@ -171,11 +173,12 @@ class SCGPTBaseMixin:
     """Inference loops shared by the scGPT-family model wrappers."""
 
     def _gene_names(self, adata: AnnData) -> pd.Index:
-        """Gene names used for the vocabulary: ``var[gene_symbols_key]`` or ``var_names``."""
-        key = self.registry_["setup_args"].get("gene_symbols_key")
-        return (
-            pd.Index(adata.var[key].astype(str)) if key else pd.Index(adata.var_names.astype(str))
-        )
+        """Gene names used for the vocabulary: ``var[gene_symbols_key]`` or ``var_names``, as
+        symbols (Ensembl IDs mapped by the registered ``gene_id_type``)."""
+        setup = self.registry_["setup_args"]
+        key = setup.get("gene_symbols_key")
+        names = pd.Index((adata.var[key] if key else adata.var_names).astype(str))
+        return to_symbols(names, setup.get("gene_id_type", "symbol"))
 
     def _model_genes(self) -> pd.Index:
         """Gene names in the order of the module's ``gene_token_ids``: the registered data's,

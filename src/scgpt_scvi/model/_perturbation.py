@@ -6,9 +6,11 @@ The original needs GEARS < 0.0.3 ``PertData`` objects; here an AnnData with a co
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -24,10 +26,11 @@ from .._checkpoint import (
     SHARED_PREFIXES,
 )
 from ..data import SPECIAL_TOKENS, GeneVocab
-from ..module._perturbation import PERT_KEY, SCGPTPerturbationModule
+from ..module._perturbation import GENE_SELECTIONS, PERT_KEY, SCGPTPerturbationModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap, iter_rows
 from ._checks import check_cells, layer_matrix
 from ._fields import CellKeyObsField
+from ._perturbation_analysis import SCGPTPerturbationAnalysisMixin
 from ._pretrained import with_pretrained_parts
 from ._save_load import SafeSaveLoadMixin
 from ._training import fault_tolerant_train
@@ -83,8 +86,27 @@ def _dense_rows(X, rows: np.ndarray) -> np.ndarray:
     return np.asarray(sub.toarray() if sparse.issparse(sub) else sub, dtype=np.float32)
 
 
+@contextlib.contextmanager
+def _gene_selection(module, selection: str | None):
+    """Use ``selection`` as the module's ``gene_selection`` within the block."""
+    if selection is None:
+        yield
+        return
+    if selection not in GENE_SELECTIONS:
+        raise ValueError(f"Unknown gene_selection {selection!r}; choose one of {GENE_SELECTIONS}.")
+    saved, module.gene_selection = module.gene_selection, selection
+    try:
+        yield
+    finally:
+        module.gene_selection = saved
+
+
 class SCGPTPerturbation(
-    SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass
+    SCGPTPerturbationAnalysisMixin,
+    SCGPTBaseMixin,
+    SafeSaveLoadMixin,
+    UnsupervisedTrainingMixin,
+    BaseModelClass,
 ):
     """scGPT's perturbation-response model (Cui et al. 2024) as an scvi-tools model.
 
@@ -380,6 +402,7 @@ class SCGPTPerturbation(
         return_type: str = "mean",
         batch_size: int = 64,
         seed: int = 0,
+        gene_selection: Literal["all", "batch-wise"] | None = None,
     ) -> AnnData:
         """Predicted expression under each perturbation (log1p-normalised space).
 
@@ -401,6 +424,10 @@ class SCGPTPerturbation(
             Cells per forward pass.
         seed
             Seed of the control-cell draw.
+        gene_selection
+            Genes fed for this call (the original ``pred_perturb``'s ``include_zero_gene``):
+            ``"all"`` modelled genes, or ``"batch-wise"`` (those expressed in the control pool,
+            plus the targets); default: the model's.
 
         Returns
         -------
@@ -416,7 +443,8 @@ class SCGPTPerturbation(
             raise ValueError(f"Perturbations are listed twice: {list(dup)}.")
         targets = self._targets(perturbations)
         controls = self._control_subset(n_control_cells, seed)
-        preds = [self._predict_one(t, controls, batch_size) for t in targets]
+        with _gene_selection(self.module, gene_selection):
+            preds = [self._predict_one(t, controls, batch_size) for t in targets]
         var = pd.DataFrame(index=self.adata.var_names.copy())
         if return_type == "mean":
             X = np.stack([p.mean(0) for p in preds]) if preds else np.zeros((0, len(var)))

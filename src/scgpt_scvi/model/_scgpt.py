@@ -19,8 +19,9 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin
 
-from ..data import GeneVocab
+from ..data import GeneVocab, check_gene_id_type
 from ..module import SCGPTModule
+from ._analysis import SCGPTAnalysisMixin
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
@@ -36,6 +37,7 @@ __all__ = ["SCGPT"]
 
 class SCGPT(
     PretrainedMixin,
+    SCGPTAnalysisMixin,
     SCGPTBaseMixin,
     SafeSaveLoadMixin,
     ArchesMixin,
@@ -120,6 +122,7 @@ class SCGPT(
         batch_key: str | None = None,
         labels_key: str | None = None,
         gene_symbols_key: str | None = None,
+        gene_id_type: Literal["auto", "symbol", "ensembl"] = "auto",
         **kwargs,
     ) -> None:
         """Register an AnnData for SCGPT.
@@ -143,7 +146,13 @@ class SCGPT(
         gene_symbols_key
             ``var`` column of gene symbols matched against the vocabulary (default:
             ``var_names``).
+        gene_id_type
+            What the gene names are: ``"symbol"``, ``"ensembl"`` (human or mouse Ensembl gene
+            IDs, mapped to symbols with the packaged table, see
+            :func:`~scgpt_scvi.data.ensembl_to_symbol`) or ``"auto"`` (Ensembl when most names
+            look like Ensembl IDs). Unmapped IDs are left out of the tokens.
         """
+        check_gene_id_type(gene_id_type)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_cells(adata)
         X = layer_matrix(adata, layer)

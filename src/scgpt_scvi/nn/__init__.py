@@ -1,5 +1,10 @@
 """Torch building blocks of the scGPT family (no scvi-tools dependency)."""
 
+from ._attention_weights import (
+    attention_probabilities,
+    capture_layer_input,
+    layer_attention_weights,
+)
 from ._batchnorm import DomainSpecificBatchNorm1d, TokenBatchNorm1d
 from ._decoders import (
     MVC_DECODER_STYLES,
@@ -65,6 +70,8 @@ __all__ = [
     "TokenBatchNorm1d",
     "TransformerEncoder",
     "TransformerEncoderLayer",
+    "attention_probabilities",
+    "capture_layer_input",
     "cce_loss",
     "dab_loss",
     "ecs_loss",
@@ -72,6 +79,7 @@ __all__ = [
     "flash_attn_available",
     "varlen_attention",
     "grad_reverse",
+    "layer_attention_weights",
     "make_value_encoder",
     "masked_mse_loss",
     "masked_nonzero_nll",
