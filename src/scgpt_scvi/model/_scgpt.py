@@ -24,6 +24,7 @@ from ..data import GeneVocab
 from ..module import SCGPTModule
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._fields import CellKeyObsField
+from ._pretrain import pretrain_classmethod
 from ._pretrained import PretrainedMixin
 from ._training_plan import SCGPTTrainingPlan
 
@@ -65,6 +66,7 @@ class SCGPT(
 
     _module_cls = SCGPTModule
     _training_plan_cls = SCGPTTrainingPlan
+    pretrain = classmethod(pretrain_classmethod)
 
     def __init__(
         self,
