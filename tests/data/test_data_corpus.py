@@ -38,7 +38,14 @@ def data_files(shared_dir):
 # ---------------------------------------------------------------------- order and sharding
 @pytest.mark.parametrize(
     ("n_cells", "batch_size", "world", "block"),
-    [(1000, 16, 2, 16), (1001, 16, 2, 7), (37, 8, 2, 4), (65, 32, 2, 16), (5, 8, 2, 3), (97, 5, 3, 1)],
+    [
+        (1000, 16, 2, 16),
+        (1001, 16, 2, 7),
+        (37, 8, 2, 4),
+        (65, 32, 2, 16),
+        (5, 8, 2, 3),
+        (97, 5, 3, 1),
+    ],
 )
 def test_plan_every_cell_once_equal_steps(n_cells, batch_size, world, block):
     plan = BlockPlan(n_cells, batch_size, world, block, seed=3)
@@ -75,8 +82,9 @@ def test_plan_deterministic_for_a_seed():
 
 def test_plan_without_shuffle_is_corpus_order():
     plan = BlockPlan(10, 3, 1, 4, shuffle=False)
-    assert np.array_equal(np.concatenate([plan.cells(0, s, 0) for s in range(plan.n_steps)]),
-                          np.arange(10))
+    assert np.array_equal(
+        np.concatenate([plan.cells(0, s, 0) for s in range(plan.n_steps)]), np.arange(10)
+    )
 
 
 def test_plan_bad_input():

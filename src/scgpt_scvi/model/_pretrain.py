@@ -142,7 +142,7 @@ def _architecture(config: str | os.PathLike | Mapping | None, overrides: dict) -
     if config is None:
         config = "small"
     if isinstance(config, Mapping):
-        base = dict(config)
+        base = {**PRETRAIN_CONFIGS["small"], **config}
     elif str(config) in PRETRAIN_CONFIGS:
         base = dict(PRETRAIN_CONFIGS[str(config)])
     else:
@@ -417,7 +417,7 @@ def pretrain(
         the whole-human one to continue from it. Default: the union of the corpus' genes.
     config
         ``"small"`` or ``"human"`` (:data:`PRETRAIN_CONFIGS`), an ``args.json`` (file or
-        checkpoint folder) or a mapping of module options.
+        checkpoint folder) or a mapping of module options (over ``"small"``).
     resume
         Continue the run in ``out_dir`` from its latest checkpoint, with the data order an
         uninterrupted run would have had. The configuration must match (an error names the
