@@ -16,6 +16,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ._cli_pretrain import add_parser as add_pretrain_parser
+
 __all__ = ["main", "build_parser", "embed_h5ad"]
 
 
@@ -61,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--key-added", default="X_scGPT", help="obsm key (default X_scGPT)")
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_run_embed)
+    add_pretrain_parser(sub)
     return parser
 
 
