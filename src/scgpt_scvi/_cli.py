@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._cli_pretrain import add_parser as add_pretrain_parser
+
 __all__ = [
     "OPTION_RULES",
     "OptionError",
@@ -198,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     embed.add_argument("--quiet", action="store_true", help="no progress bar")
     embed.set_defaults(func=_run_embed)
+    add_pretrain_parser(sub)
     return parser
 
 

@@ -1,6 +1,16 @@
 """Vocabulary, binning and tokenisation."""
 
 from ._binning import bin_values
+from ._corpus import (
+    BlockPlan,
+    Corpus,
+    CorpusDataLoader,
+    CorpusDataset,
+    CorpusFile,
+    CorpusSampler,
+    corpus_files,
+    iter_plan_cells,
+)
 from ._gene_ids import (
     GENE_ID_TYPES,
     check_gene_id_type,
@@ -13,6 +23,14 @@ from ._tokenizer import TokenizedBatch, check_values, mask_values, tokenize
 from ._vocab import CLS_TOKEN, EOC_TOKEN, PAD_TOKEN, SPECIAL_TOKENS, GeneVocab
 
 __all__ = [
+    "BlockPlan",
+    "Corpus",
+    "CorpusDataLoader",
+    "CorpusDataset",
+    "CorpusFile",
+    "CorpusSampler",
+    "corpus_files",
+    "iter_plan_cells",
     "CLS_TOKEN",
     "EOC_TOKEN",
     "GENE_ID_TYPES",

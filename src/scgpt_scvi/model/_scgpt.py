@@ -25,6 +25,7 @@ from ._analysis import SCGPTAnalysisMixin
 from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
+from ._pretrain import pretrain_classmethod
 from ._pretrained import PretrainedMixin
 from ._save_load import SafeSaveLoadMixin, _torch_device
 from ._training import fault_tolerant_train
@@ -75,6 +76,7 @@ class SCGPT(
     _module_cls = SCGPTModule
     _training_plan_cls = SCGPTTrainingPlan
     _genes_matched_by_name = True
+    pretrain = classmethod(pretrain_classmethod)
 
     def __init__(
         self,
