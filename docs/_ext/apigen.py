@@ -89,8 +89,16 @@ def _role(dotted: str) -> str:
 def render(page: ModulePage) -> str:
     """The Markdown (MyST) source of one API page."""
     mod = importlib.import_module(page.module)
-    lines = [f"# `{page.module}`", "", "```{eval-rst}", f".. automodule:: {page.module}",
-             "   :no-members:", "", f".. currentmodule:: {page.module}", ""]
+    lines = [
+        f"# `{page.module}`",
+        "",
+        "```{eval-rst}",
+        f".. automodule:: {page.module}",
+        "   :no-members:",
+        "",
+        f".. currentmodule:: {page.module}",
+        "",
+    ]
     groups: dict[str, list[str]] = {"class": [], "function": [], "data": []}
     for name in page.documented:
         groups[_kind(getattr(mod, name))].append(name)
@@ -98,8 +106,14 @@ def render(page: ModulePage) -> str:
     for kind, names in groups.items():
         if not names:
             continue
-        lines += [".. rubric:: " + titles[kind], "", ".. autosummary::", "   :toctree: generated",
-                  "   :nosignatures:", ""]
+        lines += [
+            ".. rubric:: " + titles[kind],
+            "",
+            ".. autosummary::",
+            "   :toctree: generated",
+            "   :nosignatures:",
+            "",
+        ]
         lines += [f"   {n}" for n in names]
         lines.append("")
     if page.linked:
@@ -144,8 +158,13 @@ def write_api_pages(out_dir: str | Path, package: str = PACKAGE) -> list[Path]:
         "|---|---|",
     ]
     index += [f"| [`{p.module}`]({page_file(p.module)}) | {p.summary} |" for p in pages]
-    index += ["| [command line](cli.md) | `scgpt-scvi` subcommands |", "", "```{toctree}",
-              ":hidden:", ""]
+    index += [
+        "| [command line](cli.md) | `scgpt-scvi` subcommands |",
+        "",
+        "```{toctree}",
+        ":hidden:",
+        "",
+    ]
     index += [page_file(p.module) for p in pages] + ["cli.md", "```", ""]
     _write_if_changed(out / "index.md", "\n".join(index))
     written.append(out / "index.md")

@@ -24,8 +24,11 @@ def _plot(spec: dict, out: Path) -> None:
     methods = list(spec["results"])
     metrics = spec["metric_names"]
     fig, axes = plt.subplots(
-        1, len(metrics), figsize=(3.2 * len(metrics) + 1.5, 0.45 * len(methods) + 1.4),
-        squeeze=False, sharey=True,
+        1,
+        len(metrics),
+        figsize=(3.2 * len(metrics) + 1.5, 0.45 * len(methods) + 1.4),
+        squeeze=False,
+        sharey=True,
     )
     y = np.arange(len(methods))
     for ax, metric in zip(axes[0], metrics, strict=True):
@@ -34,8 +37,13 @@ def _plot(spec: dict, out: Path) -> None:
         heights = [np.nan if v is None else v for v in vals]
         ax.barh(y, heights, xerr=sds if any(sds) else None, color="#4c72b0", alpha=0.85, capsize=3)
         for yi, v in zip(y, vals, strict=True):
-            ax.text(0 if v is None else v, yi, " n/a" if v is None else f" {v:g}",
-                    va="center", fontsize=8)
+            ax.text(
+                0 if v is None else v,
+                yi,
+                " n/a" if v is None else f" {v:g}",
+                va="center",
+                fontsize=8,
+            )
         ax.set_title(metric, fontsize=9)
         ax.spines[["top", "right"]].set_visible(False)
         ax.set_xlim(0, max([h for h in heights if h == h] + [1e-9]) * 1.3)

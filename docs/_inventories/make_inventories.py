@@ -24,8 +24,19 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
     "python": {
         **{
             n: ("py:class", f"library/functions.html#{n}")
-            for n in ("int", "float", "str", "bool", "dict", "list", "tuple", "set", "bytes",
-                      "object", "type")
+            for n in (
+                "int",
+                "float",
+                "str",
+                "bool",
+                "dict",
+                "list",
+                "tuple",
+                "set",
+                "bytes",
+                "object",
+                "type",
+            )
         },
         "None": ("py:data", "library/constants.html#None"),
         "os.PathLike": ("py:class", "library/os.html#os.PathLike"),
@@ -36,7 +47,10 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "typing.Literal": ("py:data", "library/typing.html#typing.Literal"),
         "typing.NamedTuple": ("py:class", "library/typing.html#typing.NamedTuple"),
         **{
-            f"collections.abc.{n}": ("py:class", f"library/collections.abc.html#collections.abc.{n}")
+            f"collections.abc.{n}": (
+                "py:class",
+                f"library/collections.abc.html#collections.abc.{n}",
+            )
             for n in ("Mapping", "Sequence", "Iterable", "Iterator", "Callable")
         },
         "dataclasses.dataclass": ("py:function", "library/dataclasses.html#dataclasses.dataclass"),
@@ -74,10 +88,12 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "scanpy.tl.umap": ("py:function", "generated/scanpy.tl.umap.html"),
         "scanpy.pl.umap": ("py:function", "generated/scanpy.pl.umap.html"),
         "scanpy.pp.highly_variable_genes": (
-            "py:function", "generated/scanpy.pp.highly_variable_genes.html"
+            "py:function",
+            "generated/scanpy.pp.highly_variable_genes.html",
         ),
         "scanpy.datasets.pbmc68k_reduced": (
-            "py:function", "generated/scanpy.datasets.pbmc68k_reduced.html"
+            "py:function",
+            "generated/scanpy.datasets.pbmc68k_reduced.html",
         ),
     },
     "scvi": {
@@ -86,15 +102,20 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
             for n in ("BaseModelClass", "ArchesMixin", "UnsupervisedTrainingMixin")
         },
         "scvi.module.base.BaseModuleClass": (
-            "py:class", "api/reference/scvi.module.base.BaseModuleClass.html"
+            "py:class",
+            "api/reference/scvi.module.base.BaseModuleClass.html",
         ),
-        "scvi.module.base.LossOutput": ("py:class", "api/reference/scvi.module.base.LossOutput.html"),
+        "scvi.module.base.LossOutput": (
+            "py:class",
+            "api/reference/scvi.module.base.LossOutput.html",
+        ),
         "scvi.train.TrainingPlan": ("py:class", "api/reference/scvi.train.TrainingPlan.html"),
         "scvi.data.AnnDataManager": ("py:class", "api/reference/scvi.data.AnnDataManager.html"),
         "scvi.hub.HubModel": ("py:class", "api/reference/scvi.hub.HubModel.html"),
         "scvi.hub.HubMetadata": ("py:class", "api/reference/scvi.hub.HubMetadata.html"),
         "scvi.hub.HubModelCardHelper": (
-            "py:class", "api/reference/scvi.hub.HubModelCardHelper.html"
+            "py:class",
+            "api/reference/scvi.hub.HubModelCardHelper.html",
         ),
         "scvi.model.SCVI": ("py:class", "api/reference/scvi.model.SCVI.html"),
     },
@@ -105,7 +126,8 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
         "torch.nn.Embedding": ("py:class", "generated/torch.nn.Embedding.html"),
         "torch.nn.BatchNorm1d": ("py:class", "generated/torch.nn.BatchNorm1d.html"),
         "torch.nn.functional.scaled_dot_product_attention": (
-            "py:function", "generated/torch.nn.functional.scaled_dot_product_attention.html"
+            "py:function",
+            "generated/torch.nn.functional.scaled_dot_product_attention.html",
         ),
         "torch.autograd.Function": ("py:class", "autograd.html#torch.autograd.Function"),
         "torch.device": ("py:class", "tensor_attributes.html#torch.device"),
@@ -117,13 +139,16 @@ OBJECTS: dict[str, dict[str, tuple[str, str]]] = {
     },
     "huggingface_hub": {
         "huggingface_hub.ModelCard": (
-            "py:class", "package_reference/cards#huggingface_hub.ModelCard"
+            "py:class",
+            "package_reference/cards#huggingface_hub.ModelCard",
         ),
         "huggingface_hub.snapshot_download": (
-            "py:function", "package_reference/file_download#huggingface_hub.snapshot_download"
+            "py:function",
+            "package_reference/file_download#huggingface_hub.snapshot_download",
         ),
         "huggingface_hub.upload_folder": (
-            "py:function", "package_reference/hf_api#huggingface_hub.HfApi.upload_folder"
+            "py:function",
+            "package_reference/hf_api#huggingface_hub.HfApi.upload_folder",
         ),
     },
 }

@@ -35,7 +35,13 @@ def _import_flash():
 
 
 def flash_attn_available() -> bool:
-    """Whether flash-attn can be imported and CUDA is present."""
+    """Whether flash-attn can be imported and CUDA is present.
+
+    Examples
+    --------
+    >>> from scgpt_scvi.nn import flash_attn_available
+    >>> backend = "flash" if flash_attn_available() else "sdpa"
+    """
     return torch.cuda.is_available() and _import_flash() is not None
 
 
@@ -53,6 +59,15 @@ class MultiheadSelfAttention(nn.Module):
     backend
         ``"sdpa"`` (``torch.nn.functional.scaled_dot_product_attention``, any device and dtype) or
         ``"flash"`` (flash-attn varlen kernels on CUDA in fp16/bf16; other inputs use SDPA).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import MultiheadSelfAttention
+    >>> attention = MultiheadSelfAttention(d_model=16, nhead=2)
+    >>> pads = torch.tensor([[False, False, True]])
+    >>> attention(torch.randn(1, 3, 16), padding_mask=pads).shape
+    torch.Size([1, 3, 16])
     """
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, backend: str = "sdpa"):
@@ -128,6 +143,14 @@ class TransformerEncoderLayer(nn.Module):
         ``LayerNorm`` epsilon.
     attention_backend
         See :class:`MultiheadSelfAttention`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import TransformerEncoderLayer
+    >>> layer = TransformerEncoderLayer(d_model=16, nhead=2, d_hid=32, dropout=0.0)
+    >>> layer(torch.randn(2, 6, 16)).shape
+    torch.Size([2, 6, 16])
     """
 
     def __init__(
@@ -167,7 +190,16 @@ class TransformerEncoderLayer(nn.Module):
 
 
 class TransformerEncoder(nn.Module):
-    """A stack of :class:`TransformerEncoderLayer` under ``layers.N`` (checkpoint names)."""
+    """A stack of :class:`TransformerEncoderLayer` under ``layers.N`` (checkpoint names).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import TransformerEncoder
+    >>> encoder = TransformerEncoder(nlayers=2, d_model=16, nhead=2, d_hid=32, dropout=0.0)
+    >>> encoder(torch.randn(2, 6, 16), padding_mask=torch.zeros(2, 6, dtype=torch.bool)).shape
+    torch.Size([2, 6, 16])
+    """
 
     def __init__(self, nlayers: int, **layer_kwargs):
         super().__init__()
