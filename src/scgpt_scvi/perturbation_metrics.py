@@ -85,6 +85,11 @@ def condition_mean(
     ------
     ValueError
         When no cell has that condition.
+
+    Examples
+    --------
+    >>> from scgpt_scvi.perturbation_metrics import condition_mean
+    >>> control = condition_mean(adata, "condition", "ctrl")  # (n_genes,)
     """
     return _Expression(adata, perturbation_key, layer).mean(condition)
 
@@ -101,6 +106,12 @@ def top_de_genes(
 
     The statistic of scanpy's ``rank_genes_groups(method="t-test", rankby_abs=True)``, which
     GEARS uses to pick the top-20 DE genes. Genes constant in both groups rank last.
+
+    Examples
+    --------
+    >>> from scgpt_scvi.perturbation_metrics import top_de_genes
+    >>> de = top_de_genes(adata, "condition", "KLF1+MAP2K6", control_category="ctrl", n_top=20)
+    >>> adata.var_names[de]
     """
     return _Expression(adata, perturbation_key, layer).top_de(condition, control_category, n_top)
 
@@ -110,6 +121,14 @@ def pearson_delta(pred: np.ndarray, truth: np.ndarray, control: np.ndarray) -> f
 
     NaN when either delta is constant up to float32 rounding (e.g. the no-change baseline,
     whose delta is rounding noise).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scgpt_scvi.perturbation_metrics import pearson_delta
+    >>> control = np.array([1.0, 1.0, 1.0])
+    >>> round(pearson_delta(np.array([2.0, 1.0, 0.5]), np.array([3.0, 1.0, 0.0]), control), 3)
+    1.0
     """
     dp, dt = np.asarray(pred, np.float64) - control, np.asarray(truth, np.float64) - control
     tol = 1e-5 * max(1.0, float(np.abs(control).max(initial=0.0)))
@@ -155,6 +174,15 @@ def perturbation_baselines(
     -------
     ``{"no_change", "mean", "additive"}`` -> AnnData perturbations x genes (``obs_names`` = the
     strings as passed; ``additive`` also has ``obs['n_singles_found']``).
+
+    Examples
+    --------
+    >>> from scgpt_scvi.perturbation_metrics import perturbation_baselines
+    >>> baselines = perturbation_baselines(
+    ...     train, "condition", ["KLF1+MAP2K6"], control_category="ctrl"
+    ... )
+    >>> sorted(baselines)
+    ['additive', 'mean', 'no_change']
     """
 
     def parse(c: str) -> tuple[str, ...]:
@@ -211,6 +239,13 @@ def evaluate_perturbations(
     -------
     DataFrame with columns ``method``, ``condition``, ``pearson_delta``, ``pearson_delta_de``,
     ``mse``, ``mse_de``; average with ``.groupby("method").mean(numeric_only=True)``.
+
+    Examples
+    --------
+    >>> from scgpt_scvi.perturbation_metrics import evaluate_perturbations
+    >>> predictions = {"scGPT": model.predict_perturbation(["KLF1+MAP2K6"])}
+    >>> scores = evaluate_perturbations(predictions, adata, "condition", control_category="ctrl")
+    >>> scores.groupby("method").mean(numeric_only=True)
     """
     expr = _Expression(adata, perturbation_key, layer)
     control = expr.mean(control_category)

@@ -46,6 +46,14 @@ def bin_values(x: torch.Tensor, n_bins: int, uniform: torch.Tensor) -> torch.Ten
     Returns
     -------
     ``(B, G)`` float tensor of bins.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.data import bin_values
+    >>> x = torch.tensor([[0.0, 1.0, 5.0, 2.0, 9.0]])
+    >>> bin_values(x, n_bins=5, uniform=torch.zeros_like(x))
+    tensor([[0., 1., 3., 2., 4.]])
     """
     nz = x > 0
     n_nonzero = nz.sum(1)

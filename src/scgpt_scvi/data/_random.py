@@ -43,6 +43,14 @@ def keyed_uniform(
         ``(B, C)`` or ``(C,)`` integer column ids (gene index or position).
     stream
         Which use the numbers are for (ties, sampling, masking).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.data import keyed_uniform
+    >>> u = keyed_uniform(0, cell_keys=torch.tensor([11, 12]), columns=torch.arange(4), stream=1)
+    >>> u.shape, bool((u == keyed_uniform(0, torch.tensor([11]), torch.arange(4), 1)[0]).all())
+    (torch.Size([2, 4]), False)
     """
     base = _mix(torch.tensor(seed & _M32, dtype=torch.int64), stream)
     cells = _mix(cell_keys.long().reshape(-1, 1) & _M32, base.to(cell_keys.device))

@@ -26,6 +26,15 @@ class TokenizedBatch:
         ``(B, L)`` True at pads.
     gene_index
         ``(B, L)`` column of the input matrix each token came from (-1 for ``<cls>`` and pads).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.data import tokenize
+    >>> batch = tokenize(torch.tensor([[0.0, 3.0, 1.0]]), torch.tensor([3, 4, 5]),
+    ...                  torch.tensor([7]), max_seq_len=4, cls_id=1, pad_id=0)
+    >>> batch.gene_ids.shape, batch.padding_mask.tolist()
+    (torch.Size([1, 3]), [[False, False, False]])
     """
 
     gene_ids: torch.Tensor
@@ -35,7 +44,18 @@ class TokenizedBatch:
 
 
 def check_values(x: torch.Tensor) -> None:
-    """Raise ``ValueError`` naming minibatch rows with NaN, infinite or negative values."""
+    """Raise ``ValueError`` naming minibatch rows with NaN, infinite or negative values.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.data import check_values
+    >>> check_values(torch.tensor([[0.0, 2.0], [1.0, 5.0]]))  # fine: returns None
+    >>> check_values(torch.tensor([[0.0, -1.0]]))
+    Traceback (most recent call last):
+        ...
+    ValueError: Expression values must be finite and non-negative; minibatch rows [0] are not.
+    """
     bad = ~torch.isfinite(x) | (x < 0)
     if bad.any():
         rows = torch.nonzero(bad.any(1)).flatten()[:5].tolist()
@@ -81,6 +101,17 @@ def tokenize(
         ``(B,)`` integer cell keys for the random streams.
     max_seq_len
         Maximum sequence length including ``<cls>``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.data import tokenize
+    >>> counts = torch.tensor([[0.0, 3.0, 1.0, 8.0], [2.0, 0.0, 0.0, 0.0]])
+    >>> batch = tokenize(counts, token_ids=torch.tensor([3, 4, 5, 6]),
+    ...                  cell_keys=torch.tensor([1, 2]), max_seq_len=4, cls_id=1, pad_id=0,
+    ...                  n_bins=5)
+    >>> batch.gene_ids.tolist()
+    [[1, 4, 5, 6], [1, 3, 0, 0]]
     """
     check_values(x)
     B, G = x.shape
@@ -128,6 +159,17 @@ def mask_values(
     Returns
     -------
     ``(B, L)`` bool, True at masked positions; the caller writes ``mask_value`` there.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.data import mask_values, tokenize
+    >>> keys = torch.tensor([1])
+    >>> batch = tokenize(torch.tensor([[4.0, 3.0, 1.0, 8.0]]), torch.tensor([3, 4, 5, 6]), keys,
+    ...                  max_seq_len=5, cls_id=1, pad_id=0, n_bins=5)
+    >>> masked = mask_values(batch, keys, mask_ratio=0.5)  # True where the value is masked
+    >>> masked.shape, bool(masked[0, 0])  # <cls> is never masked
+    (torch.Size([1, 5]), False)
     """
     eligible = ~batch.padding_mask
     eligible[:, 0] = False

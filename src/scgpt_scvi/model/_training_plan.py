@@ -42,6 +42,11 @@ class SCGPTTrainingPlan(TrainingPlan):
         Decay per epoch for ``"step"``.
     **kwargs
         Other ``scvi.train.TrainingPlan`` options and objective weights.
+
+    Examples
+    --------
+    >>> model.train(max_epochs=10, plan_kwargs={"lr": 1e-3, "optimizer": "AdamW",
+    ...             "lr_schedule": "cosine", "warmup_ratio": 0.1, "mlm_weight": 0.002})
     """
 
     def __init__(

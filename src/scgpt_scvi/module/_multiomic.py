@@ -61,6 +61,13 @@ class SCGPTMultiomicModule(SCGPTModule):
     **kwargs
         :class:`SCGPTModule` options (``d_model``, ``do_mvc``, ``use_batch_labels``, ...).
         ``max_seq_len`` defaults to ``1 + sum(modality_max_tokens)``.
+
+    Examples
+    --------
+    >>> from scgpt_scvi import SCGPTMultiomic
+    >>> SCGPTMultiomic.setup_mudata(mdata, modalities={"rna_layer": "rna", "protein_layer": "prot"})
+    >>> model = SCGPTMultiomic(mdata, d_model=64, nlayers=2)
+    >>> model.module  # SCGPTMultiomicModule
     """
 
     def __init__(

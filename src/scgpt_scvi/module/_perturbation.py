@@ -90,6 +90,15 @@ class SCGPTPerturbationModule(SCGPTModule):
         predicted 0, as in the original.
     seed
         Seed of the control pairing.
+
+    Examples
+    --------
+    >>> from scgpt_scvi import SCGPTPerturbation
+    >>> SCGPTPerturbation.setup_anndata(
+    ...     adata, perturbation_key="condition", control_category="ctrl"
+    ... )
+    >>> model = SCGPTPerturbation(adata, d_model=64, nlayers=2)
+    >>> model.module  # SCGPTPerturbationModule
     """
 
     def __init__(

@@ -41,6 +41,15 @@ def pool_cells(
     ``"cls"``: the ``<cls>`` state. ``"avg-pool"``: mean over non-pad tokens. ``"w-pool"``: sum of
     states weighted by input values over non-pad tokens, L2-normalised. (scGPT's pools include
     pads; excluding them makes embeddings independent of padding.)
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.module import pool_cells
+    >>> h, values = torch.randn(2, 4, 16), torch.rand(2, 4)
+    >>> pads = torch.tensor([[False, False, False, True], [False, False, True, True]])
+    >>> pool_cells(h, values, pads, style="avg-pool").shape
+    torch.Size([2, 16])
     """
     if style == "cls":
         return h[:, 0]
@@ -125,6 +134,13 @@ class SCGPTModule(BaseModuleClass):
         Input value at ``<cls>`` (scGPT: 0 in training, ``pad_value`` in ``embed_data``).
     seed
         Seed of the tokeniser's random streams.
+
+    Examples
+    --------
+    >>> from scgpt_scvi import SCGPT, SCGPTModule
+    >>> module = SCGPTModule(ntoken=1000, d_model=64, nhead=4, d_hid=64, nlayers=2, do_mvc=True)
+    >>> model = SCGPT(adata, d_model=64, nlayers=2)  # the usual way: the model builds its module
+    >>> isinstance(model.module, SCGPTModule)
     """
 
     def __init__(

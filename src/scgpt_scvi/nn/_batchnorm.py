@@ -19,6 +19,15 @@ class TokenBatchNorm1d(nn.BatchNorm1d):
     """``BatchNorm1d`` over token embeddings ``(B, L, d)`` (``domain_spec_batchnorm="batchnorm"``).
 
     Statistics use non-pad tokens only (scGPT's version also counts pads).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import TokenBatchNorm1d
+    >>> norm = TokenBatchNorm1d(16)
+    >>> x, keep = torch.randn(4, 10, 16), torch.ones(4, 10, dtype=torch.bool)
+    >>> norm(x, keep=keep).shape
+    torch.Size([4, 10, 16])
     """
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore[override]
@@ -47,6 +56,15 @@ class DomainSpecificBatchNorm1d(nn.Module):
         BN momentum.
     affine
         Learn a per-domain scale and shift (never reachable in the original).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import DomainSpecificBatchNorm1d
+    >>> dsbn = DomainSpecificBatchNorm1d(num_features=16, num_domains=2)
+    >>> x = torch.randn(4, 10, 16)  # cells x tokens x features
+    >>> dsbn(x, domain=torch.tensor([0, 0, 1, 1])).shape
+    torch.Size([4, 10, 16])
     """
 
     def __init__(

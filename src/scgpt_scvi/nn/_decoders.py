@@ -42,6 +42,14 @@ class ExprDecoder(nn.Module):
     use_batch_labels
         Input is ``[h, batch_emb]`` (width ``2 * d_model``). The multi-omic model sets this for
         its modality (+ batch) embedding.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import ExprDecoder
+    >>> out = ExprDecoder(d_model=16, explicit_zero_prob=True)(torch.randn(2, 5, 16))
+    >>> sorted(out), out["pred"].shape
+    (['nonzero_prob', 'pred'], torch.Size([2, 5]))
     """
 
     def __init__(
@@ -63,7 +71,15 @@ class ExprDecoder(nn.Module):
 
 
 class ClsDecoder(nn.Module):
-    """Cell-type classifier on the cell embedding: ``(Linear, act, LayerNorm) x (nlayers - 1)``."""
+    """Cell-type classifier on the cell embedding: ``(Linear, act, LayerNorm) x (nlayers - 1)``.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import ClsDecoder
+    >>> ClsDecoder(d_model=16, n_cls=10)(torch.randn(4, 16)).shape
+    torch.Size([4, 10])
+    """
 
     def __init__(self, d_model: int, n_cls: int, nlayers: int = 3, activation: type = nn.ReLU):
         super().__init__()
@@ -80,7 +96,16 @@ class ClsDecoder(nn.Module):
 
 
 class AdversarialDiscriminator(ClsDecoder):
-    """Batch discriminator behind gradient reversal (DAB), LeakyReLU hidden layers."""
+    """Batch discriminator behind gradient reversal (DAB), LeakyReLU hidden layers.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import AdversarialDiscriminator
+    >>> dab = AdversarialDiscriminator(d_model=16, n_cls=3)  # batch logits, gradient reversed
+    >>> dab(torch.randn(4, 16)).shape
+    torch.Size([4, 3])
+    """
 
     def __init__(
         self,
@@ -113,6 +138,14 @@ class MVCDecoder(nn.Module):
         Also return ``nonzero_prob`` (every style).
     use_batch_labels
         The cell side is ``[cell_emb, batch_emb]`` (width ``2 * d_model``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import MVCDecoder
+    >>> mvc = MVCDecoder(d_model=16, arch_style="inner product")
+    >>> mvc(torch.randn(2, 16), torch.randn(2, 5, 16))["pred"].shape
+    torch.Size([2, 5])
     """
 
     def __init__(
@@ -180,6 +213,14 @@ class AffineExprDecoder(nn.Module):
         Squash the coefficient with ``tanh``.
     adaptive_bias
         Scale the bias by the mean of each cell's non-zero input values.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import AffineExprDecoder
+    >>> decoder = AffineExprDecoder(d_model=16)
+    >>> decoder(torch.randn(2, 5, 16), values=torch.rand(2, 5))["pred"].shape
+    torch.Size([2, 5])
     """
 
     def __init__(

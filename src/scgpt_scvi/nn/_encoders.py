@@ -42,17 +42,42 @@ class _EmbeddingNorm(nn.Module):
 
 
 class GeneEncoder(_EmbeddingNorm):
-    """Gene-token embedding (``encoder`` in scGPT checkpoints)."""
+    """Gene-token embedding (``encoder`` in scGPT checkpoints).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import GeneEncoder
+    >>> encoder = GeneEncoder(num_embeddings=100, embedding_dim=16, padding_idx=0)
+    >>> encoder(torch.tensor([[1, 7, 0]])).shape
+    torch.Size([1, 3, 16])
+    """
 
 
 class BatchLabelEncoder(_EmbeddingNorm):
-    """Batch-label embedding (``batch_encoder``); also the multi-omic modality encoder."""
+    """Batch-label embedding (``batch_encoder``); also the multi-omic modality encoder.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import BatchLabelEncoder
+    >>> BatchLabelEncoder(num_embeddings=3, embedding_dim=16)(torch.tensor([0, 2])).shape
+    torch.Size([2, 16])
+    """
 
 
 class CategoryValueEncoder(_EmbeddingNorm):
     """Binned expression values as categories (``input_emb_style="category"``).
 
     Values are cast to ``long``; pad and mask values must therefore be valid rows of the table.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import CategoryValueEncoder
+    >>> encoder = CategoryValueEncoder(num_embeddings=51, embedding_dim=16)
+    >>> encoder(torch.tensor([[0, 12, 50]])).shape
+    torch.Size([1, 3, 16])
     """
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
@@ -71,6 +96,14 @@ class ContinuousValueEncoder(nn.Module):
         Dropout applied after the final ``LayerNorm``.
     max_value
         Values are clamped at this maximum before encoding (scGPT uses 512).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import ContinuousValueEncoder
+    >>> encoder = ContinuousValueEncoder(d_model=16, dropout=0.0)
+    >>> encoder(torch.tensor([[0.0, 3.0, 50.0]])).shape
+    torch.Size([1, 3, 16])
     """
 
     def __init__(self, d_model: int, dropout: float = 0.1, max_value: float = 512.0):
@@ -90,7 +123,15 @@ class ContinuousValueEncoder(nn.Module):
 
 
 class ScalingValueEncoder(nn.Module):
-    """``input_emb_style="scaling"``: the gene embedding is multiplied by the value."""
+    """``input_emb_style="scaling"``: the gene embedding is multiplied by the value.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import ScalingValueEncoder
+    >>> ScalingValueEncoder()(torch.tensor([[1.0, 2.0]])).shape
+    torch.Size([1, 2, 1])
+    """
 
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """Return ``(B, L, 1)`` multipliers."""
@@ -106,6 +147,12 @@ def make_value_encoder(
     ------
     ValueError
         For an unknown style, or ``category`` without ``n_input_bins``.
+
+    Examples
+    --------
+    >>> from scgpt_scvi.nn import make_value_encoder
+    >>> type(make_value_encoder("category", 16, 0.0, n_input_bins=53, pad_value=51)).__name__
+    'CategoryValueEncoder'
     """
     if style == "continuous":
         return ContinuousValueEncoder(d_model, dropout)

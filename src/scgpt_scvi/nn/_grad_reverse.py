@@ -27,5 +27,14 @@ def grad_reverse(x: torch.Tensor, lambd: float = 1.0) -> torch.Tensor:
         Any tensor.
     lambd
         Strength of the reversal.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import grad_reverse
+    >>> x = torch.ones(3, requires_grad=True)
+    >>> grad_reverse(x, lambd=0.5).sum().backward()
+    >>> x.grad
+    tensor([-0.5000, -0.5000, -0.5000])
     """
     return _GradReverse.apply(x, lambd)

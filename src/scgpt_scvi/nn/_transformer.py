@@ -168,7 +168,13 @@ def varlen_attention(
 
 
 def flash_attn_available() -> bool:
-    """Whether flash-attn can be imported and CUDA is present."""
+    """Whether flash-attn can be imported and CUDA is present.
+
+    Examples
+    --------
+    >>> from scgpt_scvi.nn import flash_attn_available
+    >>> backend = "flash" if flash_attn_available() else "sdpa"
+    """
     return torch.cuda.is_available() and _import_flash() is not None
 
 
@@ -196,6 +202,15 @@ class MultiheadSelfAttention(nn.Module):
     flash / memory-efficient kernels on CUDA. Training with dropout on CPU uses
     :func:`chunked_dropout_attention` (SDPA would fall back to its math kernel and keep every
     layer's ``B × H × L × L`` probabilities); on CUDA SDPA's kernels take dropout themselves.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import MultiheadSelfAttention
+    >>> attention = MultiheadSelfAttention(d_model=16, nhead=2)
+    >>> pads = torch.tensor([[False, False, True]])
+    >>> attention(torch.randn(1, 3, 16), padding_mask=pads).shape
+    torch.Size([1, 3, 16])
     """
 
     def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, backend: str = "auto"):
@@ -271,6 +286,14 @@ class TransformerEncoderLayer(nn.Module):
         ``LayerNorm`` epsilon.
     attention_backend
         See :class:`MultiheadSelfAttention`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from scgpt_scvi.nn import TransformerEncoderLayer
+    >>> layer = TransformerEncoderLayer(d_model=16, nhead=2, d_hid=32, dropout=0.0)
+    >>> layer(torch.randn(2, 6, 16)).shape
+    torch.Size([2, 6, 16])
     """
 
     def __init__(
