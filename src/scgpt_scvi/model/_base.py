@@ -17,11 +17,14 @@ from scvi import REGISTRY_KEYS
 
 from ..data import GeneVocab, to_symbols
 from ..nn import autocast, quantize_int8, resolve_precision
+from ._training import fault_tolerant_train
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ARCHITECTURE_KEYS",
+    "TRAINING_FLOP_BUDGET",
+    "default_max_epochs",
     "architecture",
     "as_vocab",
     "check_expression",
@@ -169,8 +172,192 @@ def gene_overlap(genes: pd.Index, vocab: GeneVocab) -> tuple[np.ndarray, dict]:
     return ids, info
 
 
+#: Default training budget in FLOPs (forward + backward over every training cell and epoch):
+#: about 2 minutes of a small model on 2 CPU cores. ``train(max_epochs=None)`` sizes the epochs
+#: to it.
+TRAINING_FLOP_BUDGET = 2e12
+#: Epochs that ``train(max_epochs=None)`` never goes below / above (from scratch).
+EPOCHS_MIN, EPOCHS_MAX = 5, 60
+#: Fine-tuning a pretrained model: scGPT's settings (few epochs, lr 1e-4).
+FINETUNE_EPOCHS_MAX, FINETUNE_LR, SCRATCH_LR = 10, 1e-4, 1e-3
+
+
+def default_max_epochs(
+    n_cells: int, flop_per_cell: float, pretrained: bool = False, budget: float | None = None
+) -> int:
+    """Epochs for ``train(max_epochs=None)``, the scvi-tools way: from the data and model size.
+
+    scvi-tools' ``get_max_epochs_heuristic`` caps the epochs and decays them with the number of
+    cells. A transformer's cost per cell is far higher and grows with the model, so here the
+    epochs fill a compute budget instead: ``budget / (n_cells * flop_per_cell)`` (``budget``
+    defaults to :data:`TRAINING_FLOP_BUDGET`, minutes on a laptop CPU), clipped to
+    ``[EPOCHS_MIN, EPOCHS_MAX]`` from scratch and to ``[1, FINETUNE_EPOCHS_MAX]`` when
+    fine-tuning a pretrained model. Early stopping on the validation loss usually ends training
+    sooner.
+
+    Parameters
+    ----------
+    n_cells
+        Training cells.
+    flop_per_cell
+        Training FLOPs per cell (forward and backward), e.g. from :func:`training_flop_per_cell`.
+    pretrained
+        The model starts from pretrained weights.
+    budget
+        FLOP budget.
+
+    Examples
+    --------
+    >>> default_max_epochs(1000, 3e8)
+    13
+    """
+    budget = TRAINING_FLOP_BUDGET if budget is None else budget
+    epochs = round(budget / max(n_cells * flop_per_cell, 1.0))
+    lo, hi = (1, FINETUNE_EPOCHS_MAX) if pretrained else (EPOCHS_MIN, EPOCHS_MAX)
+    return int(min(max(epochs, lo), hi))
+
+
+def training_flop_per_cell(module: torch.nn.Module, n_tokens: float) -> float:
+    """Forward + backward FLOPs of one cell of ``n_tokens`` tokens (PERFORMANCE_NOTES' count).
+
+    Two FLOPs per weight of every transformer matrix per token, plus ``4 L d`` per layer for the
+    attention scores, times 3 for the backward pass.
+    """
+    layers = module.transformer_encoder.layers
+    weights = sum(p.numel() for n, p in layers.named_parameters() if p.dim() == 2)
+    d_model = module.d_model
+    return 3.0 * n_tokens * (2.0 * weights + len(layers) * 4.0 * n_tokens * d_model)
+
+
+def mean_tokens_per_cell(X, max_tokens: int, n_sample: int = 2000) -> float:
+    """Mean expressed features per cell (+1 for ``<cls>``), capped at ``max_tokens``.
+
+    Reads at most ``n_sample`` evenly spaced rows, never the whole matrix.
+    """
+    n = X.shape[0]
+    if n == 0:
+        return float(max_tokens)
+    rows = np.unique(np.linspace(0, n - 1, min(n, n_sample)).astype(np.int64))
+    sub = X[rows]
+    nnz = sub.getnnz(axis=1) if sparse.issparse(sub) else (np.asarray(sub) > 0).sum(1)
+    return float(np.minimum(np.asarray(nnz) + 1, max_tokens).mean())
+
+
 class SCGPTBaseMixin:
-    """Inference loops shared by the scGPT-family model wrappers."""
+    """Training defaults and inference loops shared by the scGPT-family model wrappers."""
+
+    #: Default minibatch size of :meth:`train`.
+    _default_batch_size = 32
+
+    def _tokens_per_cell(self) -> float:
+        """Tokens a cell is expected to have: expressed genes up to ``max_seq_len``."""
+        from scvi import REGISTRY_KEYS
+
+        X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        return mean_tokens_per_cell(X, int(getattr(self.module, "max_seq_len", X.shape[1] + 1)))
+
+    @fault_tolerant_train
+    def train(
+        self,
+        max_epochs: int | None = None,
+        batch_size: int | None = None,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        train_size: float | None = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool | None = None,
+        plan_kwargs: dict | None = None,
+        **kwargs,
+    ):
+        """Train with scvi-tools' machinery and :class:`~scgpt_scvi.model.SCGPTTrainingPlan`.
+
+        The defaults learn without tuning: the epochs come from the number of cells and the model
+        size (:func:`default_max_epochs`), early stopping on the validation loss is on whenever
+        there is a validation split, the learning-rate warm-up and cosine decay are sized to the
+        run, and the objectives are on one scale with weights that follow what was registered
+        (see the module's ``loss``). A model from ``from_pretrained`` fine-tunes with scGPT's
+        settings instead (lr 1e-4, at most 10 epochs).
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells; ``None``: :func:`default_max_epochs`.
+        batch_size
+            Cells per minibatch (default 32; 64 for the perturbation model).
+        accelerator, devices
+            Lightning device selection (``devices=2, strategy="ddp_find_unused_parameters_true"``
+            for DDP).
+        train_size, validation_size
+            Split of the cells (default: 90% train, 10% validation).
+        early_stopping
+            Stop when the validation loss has not improved for ``early_stopping_patience``
+            epochs (default: a fifth of ``max_epochs``, at least 3). ``None``: on when there is
+            a validation split.
+        plan_kwargs
+            :class:`~scgpt_scvi.model.SCGPTTrainingPlan` options: ``lr`` (default 1e-3 from
+            scratch, 1e-4 pretrained), ``optimizer``, ``warmup_ratio``, ``lr_schedule``, and
+            objective weights (``mlm_weight``, ``mvc_weight``, ``cls_weight``, ``cce_weight``,
+            ``ecs_weight``, ``dab_weight``).
+        **kwargs
+            Other ``UnsupervisedTrainingMixin.train`` / Lightning ``Trainer`` arguments
+            (``precision``, ``strategy``, ``early_stopping_patience``, ...);
+            ``gradient_clip_val`` defaults to 1.0.
+
+        Examples
+        --------
+        >>> model.train()                      # defaults sized to the data
+        >>> model.train(max_epochs=20, plan_kwargs={"lr": 3e-4})
+        """
+        pretrained = bool(getattr(self, "pretrained_", False))
+        n_cells = self.adata.n_obs
+        if n_cells == 0:
+            raise ValueError("The registered data has no cells to train on.")
+        if max_epochs is not None and max_epochs < 1:
+            raise ValueError(
+                f"max_epochs must be >= 1 (or None for a default sized to the data); got "
+                f"{max_epochs}."
+            )
+        n_train = max(int(round(n_cells * (train_size if train_size is not None else 0.9))), 1)
+        batch_size = batch_size or self._default_batch_size
+        if n_train < batch_size:
+            warnings.warn(
+                f"Only {n_train} training cells, fewer than batch_size={batch_size}: each epoch "
+                "is a single minibatch of all of them.",
+                UserWarning,
+                stacklevel=2,
+            )
+        if self.is_trained_ and self.history_ is not None:
+            warnings.warn(
+                "This model is already trained: train() continues from its current weights "
+                "(the optimizer and learning-rate schedule start afresh).",
+                UserWarning,
+                stacklevel=2,
+            )
+        if max_epochs is None:
+            flop = training_flop_per_cell(self.module, self._tokens_per_cell())
+            max_epochs = default_max_epochs(n_train, flop, pretrained=pretrained)
+            logger.info("max_epochs=%d (sized to %d cells and the model).", max_epochs, n_train)
+        has_validation = (validation_size or 0) > 0 or (
+            train_size is not None and train_size < 1 and n_cells - n_train > 0
+        )
+        if early_stopping is None:
+            early_stopping = has_validation and kwargs.get("strategy") is None
+        if early_stopping:
+            kwargs.setdefault("early_stopping_monitor", "validation_loss")
+            kwargs.setdefault("early_stopping_patience", max(3, round(max_epochs / 5)))
+        plan_kwargs = {"lr": FINETUNE_LR if pretrained else SCRATCH_LR, **(plan_kwargs or {})}
+        kwargs.setdefault("gradient_clip_val", 1.0)
+        return super().train(
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            accelerator=accelerator,
+            devices=devices,
+            train_size=train_size,
+            validation_size=validation_size,
+            early_stopping=early_stopping,
+            plan_kwargs=plan_kwargs,
+            **kwargs,
+        )
 
     def _gene_names(self, adata: AnnData) -> pd.Index:
         """Gene names used for the vocabulary: ``var[gene_symbols_key]`` or ``var_names``, as

@@ -24,7 +24,6 @@ from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrained import with_pretrained_parts
 from ._save_load import SafeSaveLoadMixin
-from ._training import fault_tolerant_train
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -285,43 +284,7 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
             ids["rna_layer"], overlap = gene_overlap(pd.Index(features["rna_layer"]), vocab)
         return ids, overlap
 
-    # ------------------------------------------------------------------ training / outputs
-    @fault_tolerant_train
-    def train(
-        self,
-        max_epochs: int = 10,
-        batch_size: int = 32,
-        train_size: float | None = 0.9,
-        plan_kwargs: dict | None = None,
-        **kwargs,
-    ):
-        """Train with scvi-tools' machinery and :class:`SCGPTTrainingPlan`.
-
-        Parameters
-        ----------
-        max_epochs
-            Passes over the training cells.
-        batch_size
-            Cells per minibatch.
-        train_size
-            Fraction of cells used for training (the rest validate).
-        plan_kwargs
-            :class:`SCGPTTrainingPlan` options: ``lr``, ``warmup_ratio``, ``lr_schedule``,
-            objective weights (``mlm_weight``, ``mvc_weight``, ``cls_weight``, ``cce_weight``,
-            ``ecs_weight``, ``dab_weight``).
-        **kwargs
-            Other ``UnsupervisedTrainingMixin.train`` / Lightning ``Trainer`` arguments
-            (``accelerator``, ``devices``, ...); ``gradient_clip_val`` defaults to 1.0.
-        """
-        kwargs.setdefault("gradient_clip_val", 1.0)
-        return super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            train_size=train_size,
-            plan_kwargs=plan_kwargs,
-            **kwargs,
-        )
-
+    # ------------------------------------------------------------------ outputs
     def get_latent_representation(
         self,
         mdata: MuData | None = None,

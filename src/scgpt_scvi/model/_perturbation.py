@@ -33,7 +33,6 @@ from ._fields import CellKeyObsField
 from ._perturbation_analysis import SCGPTPerturbationAnalysisMixin
 from ._pretrained import with_pretrained_parts
 from ._save_load import SafeSaveLoadMixin
-from ._training import fault_tolerant_train
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -145,6 +144,11 @@ class SCGPTPerturbation(
 
     _module_cls = SCGPTPerturbationModule
     _training_plan_cls = SCGPTTrainingPlan
+    _default_batch_size = 64  # the original tutorial's
+
+    def _tokens_per_cell(self) -> float:
+        """Every modelled gene is a token (``gene_selection`` keeps nearly all of them)."""
+        return float((self.module.gene_token_ids >= 0).sum()) + 1.0
 
     def __init__(
         self,
@@ -331,53 +335,6 @@ class SCGPTPerturbation(
         """
         arch_keys = ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls")
         return with_pretrained_parts(cls, adata, pretrained_dir, arch_keys, prefixes, **kwargs)
-
-    # ------------------------------------------------------------------ training
-    @fault_tolerant_train
-    def train(
-        self,
-        max_epochs: int = 15,
-        batch_size: int = 64,
-        accelerator: str = "auto",
-        devices: int | list[int] | str = "auto",
-        train_size: float | None = 0.9,
-        validation_size: float | None = None,
-        plan_kwargs: dict | None = None,
-        **kwargs,
-    ):
-        """Train with scvi-tools' machinery and :class:`SCGPTTrainingPlan`.
-
-        Each cell is paired with a control cell, redrawn each epoch; the loss is the MSE of the
-        predicted against the cell's expression.
-
-        Parameters
-        ----------
-        max_epochs
-            Passes over the cells (the original tutorial: 15).
-        batch_size
-            Cells per minibatch (the original tutorial: 64).
-        accelerator, devices
-            Lightning device selection.
-        train_size, validation_size
-            Split of the cells.
-        plan_kwargs
-            :class:`SCGPTTrainingPlan` options (``lr``, ``lr_schedule``, ``warmup_ratio``, ...)
-            and objective weights (``mlm_weight``, ``mvc_weight``, ``ecs_weight``).
-        **kwargs
-            Other ``UnsupervisedTrainingMixin.train`` / Lightning ``Trainer`` arguments;
-            ``gradient_clip_val`` defaults to 1.0.
-        """
-        kwargs.setdefault("gradient_clip_val", 1.0)
-        return super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            validation_size=validation_size,
-            plan_kwargs=plan_kwargs,
-            **kwargs,
-        )
 
     # ------------------------------------------------------------------ prediction
     def _targets(self, perturbations: Sequence[str]) -> list[torch.Tensor]:

@@ -32,6 +32,15 @@ from ..nn import check_quantize
 __all__ = ["PretrainedMixin", "with_pretrained_parts"]
 
 _FILES = (ARGS_FILE, VOCAB_FILE, "best_model.pt", "best_model.safetensors")
+#: The original's values of options whose from-scratch defaults differ here; a checkpoint's
+#: ``args.json`` that does not state them means these.
+ORIGINAL_DEFAULTS = {
+    "nlayers_cls": 3,
+    "dropout": 0.2,
+    "max_seq_len": 1200,
+    "n_bins": 51,
+    "mask_ratio": 0.4,
+}
 
 
 def _model_kwargs(args: dict, state: dict, setup: dict, overrides: dict, source: str) -> dict:
@@ -46,6 +55,8 @@ def _model_kwargs(args: dict, state: dict, setup: dict, overrides: dict, source:
     if setup.get("batch_key") is not None:
         kwargs.pop("num_batch_labels", None)
     kwargs.setdefault("cls_value", kwargs.get("pad_value", -2.0))
+    for key, value in ORIGINAL_DEFAULTS.items():  # not the models' from-scratch defaults
+        kwargs.setdefault(key, value)
     return {**kwargs, **overrides}
 
 
@@ -68,6 +79,7 @@ def with_pretrained_parts(
     model.pretrained_report_ = load_pretrained_parts(
         model.module, model_dir, prefixes=tuple(prefixes), vocab=model.vocab_
     )
+    model.pretrained_ = True  # train() then fine-tunes with scGPT's settings
     return model
 
 
@@ -163,6 +175,7 @@ class PretrainedMixin:
         report = load_state_dict_strict(model.module, state, renew=renew, source=str(model_dir))
         model.checkpoint_report_ = {**report, "changed_options": changed}
         model.is_trained_ = True
+        model.pretrained_ = True  # train() then fine-tunes with scGPT's settings
         model.normalize_embeddings_ = True
         model.quantize_ = quantize
         return model

@@ -28,7 +28,6 @@ from ._fields import CellKeyObsField
 from ._pretrain import pretrain_classmethod
 from ._pretrained import PretrainedMixin
 from ._save_load import SafeSaveLoadMixin, _torch_device
-from ._training import fault_tolerant_train
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -55,21 +54,39 @@ class SCGPT(
     vocab
         Gene vocabulary: a :class:`~scgpt_scvi.data.GeneVocab`, a token -> id mapping or a
         ``vocab.json`` path. Default: built from the registered genes.
-    d_model, nhead, d_hid, nlayers, nlayers_cls, dropout
-        Architecture (scGPT's names).
+    d_model, nhead, d_hid, nlayers, nlayers_cls
+        Architecture (scGPT's names). The defaults are sized to learn from scratch on
+        thousands of cells in minutes on a laptop CPU: width 64 with 4 heads and a 128-wide
+        feed-forward, 2 layers (a cell's few hundred expressed genes are a short sequence;
+        deeper models need far more cells to beat two layers). The released whole-human model
+        is ``d_model=512, nhead=8, d_hid=512, nlayers=12``; :meth:`from_pretrained` reads the
+        architecture from the checkpoint, so these defaults never apply to it.
+    dropout
+        Dropout (default 0: small data, few epochs, and attention dropout makes CPU attention
+        several times slower; the original uses 0.2).
     max_seq_len
         Tokens per cell including ``<cls>``; cells with more expressed genes are sampled down.
+        Default 512: covers every expressed gene of typical droplet cells against a filtered gene
+        panel, and bounds the quadratic attention cost.
+    n_bins
+        Value bins per cell (default 11). Fewer bins make a small from-scratch model learn
+        faster and more reliably (each bin holds more genes); the original and its checkpoints
+        use 51.
+    mask_ratio
+        Fraction of each cell's gene tokens masked for MLM in training (default 0.25; the
+        original 0.4, which removes too much of a short cell for the CLS objective).
     **module_kwargs
         Other :class:`~scgpt_scvi.module.SCGPTModule` options (``do_mvc``, ``do_dab``,
-        ``use_batch_labels``, ``domain_spec_batchnorm``, ``input_emb_style``, ``n_bins``,
-        ``cell_emb_style``, ``explicit_zero_prob``, ``ecs_threshold``, ``mask_ratio``,
-        ``pre_norm``, ``attention_backend``, ...).
+        ``use_batch_labels``, ``domain_spec_batchnorm``, ``input_emb_style``,
+        ``cell_emb_style``, ``explicit_zero_prob``, ``ecs_threshold``, ``pre_norm``,
+        ``attention_backend``, ...).
 
     Examples
     --------
     >>> SCGPT.setup_anndata(adata, labels_key="cell_type")
-    >>> model = SCGPT(adata, d_model=128, nlayers=4)
-    >>> model.train(max_epochs=10)
+    >>> model = SCGPT(adata)
+    >>> model.train()
+    >>> model.predict(query)
     >>> adata.obsm["X_scgpt"] = model.get_latent_representation()
     """
 
@@ -82,13 +99,15 @@ class SCGPT(
         self,
         adata: AnnData | None = None,
         vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None = None,
-        d_model: int = 128,
+        d_model: int = 64,
         nhead: int = 4,
         d_hid: int = 128,
-        nlayers: int = 4,
+        nlayers: int = 2,
         nlayers_cls: int = 3,
-        dropout: float = 0.2,
-        max_seq_len: int = 1200,
+        dropout: float = 0.0,
+        max_seq_len: int = 512,
+        n_bins: int | None = 11,
+        mask_ratio: float = 0.25,
         **module_kwargs,
     ):
         super().__init__(adata)
@@ -102,6 +121,8 @@ class SCGPT(
         self.module = self._module_cls(
             **architecture(vocab_obj, locals()),
             max_seq_len=max_seq_len,
+            n_bins=n_bins,
+            mask_ratio=mask_ratio,
             gene_token_ids=torch.as_tensor(token_ids),
             **{**data_kwargs, **module_kwargs},
         )
@@ -180,53 +201,6 @@ class SCGPT(
         adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         adata_manager.register_fields(adata, **kwargs)
         cls.register_manager(adata_manager)
-
-    # ------------------------------------------------------------------ training
-    @fault_tolerant_train
-    def train(
-        self,
-        max_epochs: int = 10,
-        batch_size: int = 32,
-        accelerator: str = "auto",
-        devices: int | list[int] | str = "auto",
-        train_size: float | None = 0.9,
-        validation_size: float | None = None,
-        plan_kwargs: dict | None = None,
-        **kwargs,
-    ):
-        """Train with scvi-tools' machinery and :class:`SCGPTTrainingPlan`.
-
-        Parameters
-        ----------
-        max_epochs
-            Passes over the training cells.
-        batch_size
-            Cells per minibatch.
-        accelerator, devices
-            Lightning device selection (``devices=2, strategy="ddp_find_unused_parameters_true"``
-            for DDP).
-        train_size, validation_size
-            Split of the cells.
-        plan_kwargs
-            :class:`SCGPTTrainingPlan` options: ``lr``, ``optimizer``, ``warmup_ratio``,
-            ``lr_schedule``, objective weights (``mlm_weight``, ``mvc_weight``, ``cls_weight``,
-            ``cce_weight``, ``ecs_weight``, ``dab_weight``).
-        **kwargs
-            Other ``UnsupervisedTrainingMixin.train`` / Lightning ``Trainer`` arguments;
-            ``gradient_clip_val`` defaults to 1.0; multi-process training is
-            ``accelerator="gpu", devices=-1, strategy="ddp_find_unused_parameters_true"``.
-        """
-        kwargs.setdefault("gradient_clip_val", 1.0)
-        return super().train(
-            max_epochs=max_epochs,
-            batch_size=batch_size,
-            accelerator=accelerator,
-            devices=devices,
-            train_size=train_size,
-            validation_size=validation_size,
-            plan_kwargs=plan_kwargs,
-            **kwargs,
-        )
 
     # ------------------------------------------------------------------ outputs
     @contextlib.contextmanager

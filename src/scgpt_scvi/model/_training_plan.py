@@ -94,6 +94,15 @@ class SCGPTTrainingPlan(TrainingPlan):
         """Put the module in training mode (``load`` leaves it in eval mode; Lightning keeps it)."""
         self.module.train()
 
+    def on_validation_epoch_start(self) -> None:
+        """Mask validation cells too (keyed on the cell, fixed across epochs), so the validation
+        loss scores the MLM objective and early stopping can follow it."""
+        self.module.mask_in_eval = True
+
+    def on_validation_epoch_end(self) -> None:
+        """Embeddings and predictions in eval mode see unmasked cells again."""
+        self.module.mask_in_eval = False
+
     def on_train_epoch_start(self) -> None:
         """Let the module redraw masks and gene samples for this epoch."""
         self.module.epoch = int(self.current_epoch)

@@ -31,6 +31,8 @@ from ._constants import CELL_EMB_STYLES, CELL_KEY
 __all__ = ["SCGPTModule"]
 
 _DSBN_CHOICES = (False, True, "dsbn", "batchnorm")
+#: Default MLM / MVC weight when a CLS objective is trained (labels registered).
+RECONSTRUCTION_WEIGHT_WITH_LABELS = 0.1
 
 
 def pool_cells(
@@ -210,6 +212,9 @@ class SCGPTModule(BaseModuleClass):
         self.mask_ratio, self.seed = mask_ratio, seed
         #: Incremented by the training plan each epoch so masking and sampling are redrawn.
         self.epoch = 0
+        #: Mask in eval mode too: the training plan sets it while validating, so the validation
+        #: loss scores MLM (with masks keyed on the cell and fixed across epochs).
+        self.mask_in_eval = False
 
         self.encoder = GeneEncoder(ntoken, d_model, padding_idx=pad_id)
         self.value_encoder = make_value_encoder(
@@ -355,7 +360,7 @@ class SCGPTModule(BaseModuleClass):
         seed = self._draw_seed()
         tokens = self.tokenize(x, cell_keys, seed)
         if mask_ratio is None:
-            mask_ratio = self.mask_ratio if self.training else 0.0
+            mask_ratio = self.mask_ratio if self.training or self.mask_in_eval else 0.0
         mlm_mask = mask_values(tokens, cell_keys, mask_ratio, self.mask_value, seed)
         values = tokens.values.masked_fill(mlm_mask, self.mask_value)
         h, gene_embs = self.encode(tokens.gene_ids, values, tokens.padding_mask, batch_index)
@@ -426,7 +431,7 @@ class SCGPTModule(BaseModuleClass):
         tensors: dict[str, torch.Tensor],
         inference_outputs: dict[str, torch.Tensor],
         generative_outputs: dict[str, torch.Tensor],
-        mlm_weight: float = 1.0,
+        mlm_weight: float | None = None,
         mvc_weight: float | None = None,
         cls_weight: float | None = None,
         cce_weight: float = 0.0,
@@ -435,21 +440,39 @@ class SCGPTModule(BaseModuleClass):
     ) -> LossOutput:
         """Weighted sum of scGPT's objectives; every term is also logged on its own.
 
-        Defaults: MLM 1; MVC 1 with ``do_mvc``; CLS 1 when labels are registered and
-        ``n_cls > 1``; DAB 1 with ``do_dab``; CCE and ECS 0 (scGPT's integration recipe uses
-        ``ecs_weight=10``, for fine-tuning a pretrained model: from random weights, where all cell
-        embeddings start alike, a strong ECS term keeps them collapsed). Weights reach here
-        through ``plan_kwargs``.
+        **Every term is on one scale, O(1)**, whatever ``n_bins``, the value style or the data:
+
+        - ``loss_mlm`` / ``loss_mvc``: the masked MSE divided by the variance of the masked
+          targets in the minibatch (so 1 is what predicting their mean scores, 0 is perfect),
+          plus the P(non-zero) NLL with ``explicit_zero_prob``. The original regresses raw bin
+          indices, so its MSE is in the hundreds and, with gradient clipping, drowns every other
+          term; the model's outputs are unchanged (only the training loss is rescaled).
+        - ``loss_cls``, ``loss_dab``: cross-entropies (``log n_classes`` / ``log n_batches`` at
+          chance); ``loss_cce``: a contrastive cross-entropy; ``loss_ecs``: in ``[0, 1]``.
+
+        **Default weights follow what was registered** (``None`` means this rule):
+
+        - with ``labels_key`` (``n_cls > 1``): CLS drives training (``cls_weight=1``) and MLM / MVC
+          regularise it (``mlm_weight = mvc_weight = 0.1``);
+        - without labels: MLM + MVC (weights 1);
+        - with ``do_dab``: DAB weight 1, balanced against the reconstruction terms;
+        - CCE and ECS are off (0): scGPT's integration recipe uses ``ecs_weight=10`` to fine-tune
+          a pretrained model; from random weights, where all cell embeddings start alike, a
+          strong ECS term keeps them collapsed.
+
+        Weights reach here through ``train(plan_kwargs=...)``.
         """
         inf, gen = inference_outputs, generative_outputs
         mask, target = inf["mlm_mask"], inf["target_values"]
+        labels = tensors.get(REGISTRY_KEYS.LABELS_KEY)
+        use_cls = labels is not None and self.n_cls > 1 and (cls_weight is None or cls_weight > 0)
+        recon_default = RECONSTRUCTION_WEIGHT_WITH_LABELS if use_cls else 1.0
         terms = {"mlm": _regression(gen, "mlm", target, mask)}
-        weights = {"mlm": mlm_weight}
+        weights = {"mlm": recon_default if mlm_weight is None else mlm_weight}
         if "mvc_output" in gen:
             terms["mvc"] = _regression(gen, "mvc", target, mask)
-            weights["mvc"] = 1.0 if mvc_weight is None else mvc_weight
-        labels = tensors.get(REGISTRY_KEYS.LABELS_KEY)
-        if labels is not None and self.n_cls > 1 and (cls_weight is None or cls_weight > 0):
+            weights["mvc"] = recon_default if mvc_weight is None else mvc_weight
+        if use_cls:
             terms["cls"] = F.cross_entropy(gen["cls_output"], labels.reshape(-1).long())
             weights["cls"] = 1.0 if cls_weight is None else cls_weight
         if cce_weight > 0:
@@ -515,11 +538,26 @@ def _prefixed(prefix: str, head_out: dict[str, torch.Tensor]) -> dict[str, torch
 
 
 def _regression(gen: dict, prefix: str, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Masked MSE of a head (+ P(non-zero) NLL when the head predicts it)."""
-    loss = masked_mse_loss(gen[f"{prefix}_output"], target, mask)
+    """Variance-normalised masked MSE of a head (+ P(non-zero) NLL when the head predicts it).
+
+    The MSE is divided by the (detached) variance of the masked targets, so the term is O(1)
+    whatever the value scale: 1 for predicting their mean, 0 for a perfect prediction.
+    """
+    loss = masked_mse_loss(gen[f"{prefix}_output"], target, mask) / _masked_variance(target, mask)
     if f"{prefix}_nonzero_prob" in gen:
         loss = loss + masked_nonzero_nll(gen[f"{prefix}_nonzero_prob"], target, mask)
     return loss
+
+
+def _masked_variance(target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Variance of ``target`` where ``mask`` is True, detached, at least 1e-6 (1 if empty)."""
+    with torch.no_grad():
+        m = mask.to(target.dtype)
+        n = m.sum()
+        if n < 2:
+            return torch.ones((), dtype=target.dtype, device=target.device)
+        mean = (target * m).sum() / n
+        return (((target - mean) ** 2 * m).sum() / (n - 1)).clamp(min=1e-6)
 
 
 def _per_cell_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
