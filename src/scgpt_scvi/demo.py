@@ -69,7 +69,13 @@ def logistic_baseline(adata: AnnData, train: np.ndarray, test: np.ndarray) -> np
 def main(argv: list[str] | None = None) -> dict:
     """Run the demo; returns the metrics it prints."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=int(os.environ.get("SCGPT_DEMO_EPOCHS", 16)))
+    epochs = os.environ.get("SCGPT_DEMO_EPOCHS")
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=int(epochs) if epochs else None,
+        help="training epochs (default: sized to the data, with early stopping)",
+    )
     parser.add_argument("--out", default="demo_output")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -87,24 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     ref = adata[train].copy()
     SCGPT.setup_anndata(ref, labels_key="bulk_labels")
-    model = SCGPT(
-        ref,
-        d_model=64,
-        nhead=4,
-        d_hid=64,
-        nlayers=2,
-        max_seq_len=512,
-        dropout=0.0,
-        mask_ratio=0.25,
-        seed=args.seed,
-    )
+    model = SCGPT(ref, seed=args.seed)  # the defaults: no tuning
     start = time.perf_counter()
-    model.train(
-        max_epochs=args.epochs,
-        batch_size=32,
-        train_size=1.0,
-        plan_kwargs={"lr": 1e-3, "mlm_weight": 0.002},
-    )
+    model.train(max_epochs=args.epochs)
     train_s = time.perf_counter() - start
 
     query = adata[test].copy()
