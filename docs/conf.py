@@ -81,7 +81,11 @@ nitpick_ignore_regex = [
 autosummary_generate = True
 autosummary_imported_members = True
 autodoc_member_order = "groupwise"
-autodoc_default_options = {"members": True, "show-inheritance": True, "inherited-members": True}
+# No "inherited-members" here: autodoc treats it as "document every member" even under
+# ``automodule:: ... :no-members:``, which put each class of a module's ``__all__`` on the module
+# page as well as on its own page (duplicate object descriptions). The class template
+# (``_templates/autosummary/class.rst``) asks for inherited members where they belong.
+autodoc_default_options = {"members": True, "show-inheritance": True}
 autoclass_content = "class"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
@@ -126,7 +130,7 @@ intersphinx_disabled_reftypes = ["std:doc"]
 # -- HTML ---------------------------------------------------------------------------------------
 html_theme = "sphinx_book_theme"
 html_title = "scgpt-scvi"
-html_static_path = ["_static"]
+html_static_path: list[str] = []  # no custom assets (and no empty _static/ to commit)
 html_extra_path: list[str] = []
 html_theme_options = {
     "repository_url": repository_url,
@@ -157,3 +161,6 @@ def _skip_foreign_members(app, what, name, obj, skip, options):
 
 def setup(app):
     app.connect("autodoc-skip-member", _skip_foreign_members)
+    # `scgpt_scvi.model.SCGPT` and `scgpt_scvi.SCGPT` are one object, documented once (under the
+    # latter): references through the other public paths resolve to that page.
+    app.connect("missing-reference", apigen.resolve_reexport)

@@ -94,6 +94,50 @@ def test_a_new_public_module_appears_without_editing_the_docs(tmp_path, monkeypa
     assert _entries((out / "fakepkg.tl.md").read_text()) == {"helper", "score"}
 
 
+def test_reexport_paths_resolve_to_the_documented_object():
+    """Each object is described once; its other public paths are aliases of that description."""
+    aliases = apigen.reexport_aliases()
+    assert aliases["scgpt_scvi.model.SCGPT"] == "scgpt_scvi.SCGPT"
+    assert aliases["scgpt_scvi.data.GeneVocab"] == "scgpt_scvi.GeneVocab"
+    for alias, target in aliases.items():
+        objs = []
+        for dotted in (alias, target):
+            modname, _, name = dotted.rpartition(".")
+            objs.append(getattr(importlib.import_module(modname), name))
+        assert objs[0] is objs[1], alias
+
+
+def test_module_pages_do_not_document_their_members(pages):
+    """``automodule`` on a module page gives its docstring only: the members have their own
+    pages (``inherited-members`` in the autodoc defaults would document them all again)."""
+    conf = (ROOT / "docs" / "conf.py").read_text()
+    assert '"inherited-members"' not in conf.split("autodoc_default_options =", 1)[1].split("\n")[0]
+    for page in apigen.collect():
+        text = pages[apigen.page_file(page.module)]
+        assert f".. automodule:: {page.module}\n   :no-members:" in text
+
+
+@pytest.mark.skipif(not BUILT.is_dir(), reason="docs not built (make docs)")
+def test_built_html_describes_each_object_once(pages):
+    for page in apigen.collect():
+        html = (BUILT / "api" / f"{page.module}.html").read_text()
+        ids = set(re.findall(r'id="(scgpt_scvi\.[\w.]+)"', html)) - {page.module}
+        assert not ids, f"{page.module}'s page describes {sorted(ids)[:5]} again"
+
+
+@pytest.mark.parametrize("model", ["SCGPTPerturbation", "SCGPTMultiomic"])
+def test_train_docstring_keeps_the_numpydoc_layout(model):
+    """``fault_tolerant_train`` splices its keywords into ``train``'s parameter list: at the
+    parameters' indentation, or the rendered page breaks (and the -W docs build fails)."""
+    import inspect
+
+    import scgpt_scvi
+
+    lines = inspect.getdoc(getattr(scgpt_scvi, model).train).splitlines()
+    for name in ("plan_kwargs", "checkpoint_dir", "resume", "**kwargs"):
+        assert name in lines, f"{model}.train: parameter {name} is not at the list's indentation"
+
+
 @pytest.mark.skipif(not BUILT.is_dir(), reason="docs not built (make docs)")
 def test_built_html_has_a_page_per_documented_name(pages):
     missing = []

@@ -475,3 +475,108 @@ def test_mvc_zero_prob_options_train_and_predict():
     assert m.pert_encoder.weight.grad[2].abs().sum() == 0  # pert_pad_id row stays frozen
     pred = m.predict_expression(torch.tensor([0, 1]), torch.tensor([[1, 4], [1, 4]]))
     assert pred.shape == (2, 4) and (pred >= 0).all()
+
+
+# ------------------------------------------------------------------ additive + interaction
+ADDITIVE = "additive_interaction"
+PERTS = ["g1+g2", "g1", "g2+ctrl", "X", "g1+g3", "g7", "ctrl"]
+
+
+def _additive_model(seed: int = 0) -> SCGPTPerturbation:
+    adata = make_adata(seed)
+    SCGPTPerturbation.setup_anndata(adata, "cond")
+    torch.manual_seed(seed)
+    return SCGPTPerturbation(adata, combination=ADDITIVE, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def trained_additive() -> SCGPTPerturbation:
+    model = _additive_model()
+    model.train(max_epochs=3, batch_size=32, enable_progress_bar=False, plan_kwargs={"lr": 3e-3})
+    return model
+
+
+def _zero_residual(model: SCGPTPerturbation) -> None:
+    with torch.no_grad():
+        for head in (model.module.decoder.coeff_decoder, model.module.decoder.bias_decoder):
+            head.fc[-1].weight.zero_()
+            head.fc[-1].bias.zero_()
+
+
+def test_additive_untrained_equals_additive_baseline():
+    model = _additive_model()
+    base = perturbation_baselines(model.adata, "cond", PERTS)["additive"].X
+    for n in (None, 5):  # whatever control cells are perturbed
+        pred = model.predict_perturbation(PERTS, n_control_cells=n).X
+        np.testing.assert_allclose(pred, base, atol=1e-5)
+    # and the additive expectation is not trivially the control mean
+    assert np.abs(base[0] - base[-1]).max() > 0.5
+
+
+def test_additive_zero_residual_equals_baseline_after_training(trained_additive):
+    """The trained model departs from additive only through its residual head."""
+    base = perturbation_baselines(trained_additive.adata, "cond", PERTS)["additive"].X
+    pred = trained_additive.predict_perturbation(PERTS, n_control_cells=8).X
+    assert np.abs(pred - base).max() > 1e-3  # training moved the residual off zero
+    saved = {k: v.clone() for k, v in trained_additive.module.state_dict().items()}
+    try:
+        _zero_residual(trained_additive)
+        zeroed = trained_additive.predict_perturbation(PERTS, n_control_cells=8).X
+    finally:
+        trained_additive.module.load_state_dict(saved)
+    np.testing.assert_allclose(zeroed, base, atol=1e-5)
+
+
+def test_additive_training_regresses_the_residual():
+    model = _additive_model()
+    m = model.module
+    m.eval()
+    rows = np.array([0, 30, 42, 54, 66])  # ctrl, g1, g2+ctrl, g1+g3, X
+    codes = np.asarray(model.adata_manager.get_from_registry("perturbation")).reshape(-1)[rows]
+    codes = torch.as_tensor(codes).long()
+    x = torch.from_numpy(model.adata.X[rows])
+    inf, gen, loss = m({"X": x, "perturbation": codes, "cell_key": torch.arange(5)})
+    cols = inf["columns"]
+    expected = m.additive_expectation(m.condition_targets[codes])
+    residual = (log_normalize(x) - expected)[:, cols]
+    torch.testing.assert_close(inf["target_values"], residual)
+    pred = gen["mlm_output"][:, 1 : 1 + cols.numel()]
+    assert torch.count_nonzero(pred) == 0  # the residual head starts at zero
+    torch.testing.assert_close(loss.loss, (residual**2).mean() / residual.var())
+
+
+def test_additive_tiny_training_and_roundtrip(trained_additive, tmp_path):
+    assert trained_additive.module.combination == ADDITIVE
+    assert np.isfinite(trained_additive.history["train_loss"].to_numpy(dtype=float)).all()
+    trained_additive.save(tmp_path / "m", overwrite=True)
+    loaded = SCGPTPerturbation.load(tmp_path / "m", adata=trained_additive.adata)
+    assert loaded.module.combination == ADDITIVE
+    np.testing.assert_allclose(
+        trained_additive.predict_perturbation(PERTS, n_control_cells=6).X,
+        loaded.predict_perturbation(PERTS, n_control_cells=6).X,
+        atol=1e-6,
+    )
+
+
+def test_combination_validated():
+    adata = make_adata()
+    SCGPTPerturbation.setup_anndata(adata, "cond")
+    with pytest.raises(ValueError, match="'multiplicative'.*'direct', 'additive_interaction'"):
+        SCGPTPerturbation(adata, combination="multiplicative", **SMALL)
+    with pytest.raises(ValueError, match="explicit_zero_prob"):
+        SCGPTPerturbation(adata, combination=ADDITIVE, explicit_zero_prob=True, **SMALL)
+
+
+def test_model_saved_before_the_option_loads_as_direct(tmp_path):
+    adata = make_adata()
+    SCGPTPerturbation.setup_anndata(adata, "cond")
+    model = SCGPTPerturbation(adata, combination="direct", **SMALL)
+    del model.init_params_["non_kwargs"]["combination"]  # as saved by earlier versions
+    model.save(tmp_path / "m", overwrite=True)
+    loaded = SCGPTPerturbation.load(tmp_path / "m", adata=adata)
+    assert loaded.module.combination == "direct"
+    np.testing.assert_allclose(
+        model.predict_perturbation(PERTS, n_control_cells=6).X,
+        loaded.predict_perturbation(PERTS, n_control_cells=6).X,
+        atol=1e-6,
+    )

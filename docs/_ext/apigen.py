@@ -9,6 +9,10 @@ with ``_``) gets ``api/<module>.md``, listing each name of its ``__all__``:
   ``scgpt_scvi.model.SCGPT``);
 * a cross-reference to that page in the other modules exporting the same object.
 
+Each object is thus described once, under one name. References to it through another public path
+(``:class:`scgpt_scvi.model.SCGPT``` in a docstring, ``:meth:`scgpt_scvi.model.SCGPT.train```)
+resolve to that description through :func:`resolve_reexport`, a ``missing-reference`` handler.
+
 New modules (``scgpt_scvi.tl``, ...) appear without editing the docs. The command-line page is
 ``api/cli.md``, rendered by sphinx-argparse from ``scgpt_scvi._cli.build_parser``.
 """
@@ -78,6 +82,41 @@ def collect(package: str = PACKAGE) -> list[ModulePage]:
                 page.documented.append(name)
         pages.append(page)
     return pages
+
+
+def reexport_aliases(package: str = PACKAGE) -> dict[str, str]:
+    """Each public path of an object other than the one it is documented under -> that one
+    (``scgpt_scvi.model.SCGPT`` -> ``scgpt_scvi.SCGPT``)."""
+    return {
+        f"{page.module}.{name}": target
+        for page in collect(package)
+        for name, target in page.linked.items()
+    }
+
+
+_ALIASES: dict[str, str] | None = None
+
+
+def resolve_reexport(app, env, node, contnode):
+    """``missing-reference`` handler: resolve a Python reference written with a re-export path
+    (or a member of one) against the object's documented path; ``None`` for anything else."""
+    global _ALIASES
+    if node.get("refdomain") != "py":
+        return None
+    target = node.get("reftarget", "")
+    if not target.startswith(PACKAGE + "."):
+        return None
+    if _ALIASES is None:
+        _ALIASES = reexport_aliases()
+    head, rest = target, ""
+    while head not in _ALIASES:  # longest prefix that is a re-export path
+        head, _, last = head.rpartition(".")
+        if not head:
+            return None
+        rest = f".{last}{rest}"
+    return env.domains["py"].resolve_xref(
+        env, node["refdoc"], app.builder, node["reftype"], _ALIASES[head] + rest, node, contnode
+    )
 
 
 def _role(dotted: str) -> str:

@@ -32,6 +32,7 @@ __all__ = [
     "condition_mean",
     "top_de_genes",
     "pearson_delta",
+    "single_gene_deltas",
     "perturbation_baselines",
     "evaluate_perturbations",
 ]
@@ -145,6 +146,45 @@ def _single_deltas(expr: _Expression, parse, control: np.ndarray) -> dict[str, n
         if len(genes) == 1:
             deltas.setdefault(genes[0], []).append(expr.rows(c))
     return {g: np.concatenate(v).mean(0) - control for g, v in deltas.items()}
+
+
+def single_gene_deltas(
+    adata: AnnData,
+    perturbation_key: str,
+    control_category: str = "ctrl",
+    layer: str | None = None,
+    condition_delimiter: str = "+",
+) -> dict[str, np.ndarray]:
+    """Mean response of each gene perturbed alone: what the ``additive`` baseline adds up.
+
+    A gene's delta is the mean log1p-normalised profile of its single-gene cells (conditions
+    ``A`` and ``A+ctrl`` pooled) minus the control mean.
+
+    Parameters
+    ----------
+    adata
+        Cells with conditions in ``obs[perturbation_key]``, control cells among them.
+    control_category, condition_delimiter
+        As in :meth:`~scgpt_scvi.SCGPTPerturbation.setup_anndata`.
+    layer
+        Layer to use instead of ``X`` (counts are log-normalised).
+
+    Returns
+    -------
+    Gene name -> ``(n_vars,)`` delta, for the genes that have a single-gene condition.
+
+    Examples
+    --------
+    >>> from scgpt_scvi.perturbation_metrics import single_gene_deltas
+    >>> deltas = single_gene_deltas(adata, "condition", control_category="ctrl")
+    >>> deltas["KLF1"].shape  # (n_genes,)
+    """
+    expr = _Expression(adata, perturbation_key, layer)
+    return _single_deltas(
+        expr,
+        lambda c: parse_condition(c, control_category, condition_delimiter),
+        expr.mean(control_category),
+    )
 
 
 def perturbation_baselines(

@@ -113,3 +113,10 @@ def test_step_checkpoints_and_argument_errors(make_model, tmp_path):
         model.train(**fit, checkpoint_dir=tmp_path / "none", resume=True)
     with pytest.raises(ValueError, match="checkpoint_every_n_steps must be >= 1"):
         model.train(**fit, checkpoint_dir=tmp_path, checkpoint_every_n_steps=0)
+
+
+def test_zero_epochs_is_an_error_and_leaves_the_model_untrained(make_model):
+    model = make_model()
+    with pytest.raises(ValueError, match="max_epochs must be >= 1"):
+        model.train(**{**FIT, "max_epochs": 0})
+    assert not model.is_trained_ and model.history_ is None

@@ -186,8 +186,8 @@ def test_end_to_end_loss_and_backward():
     metrics = set(lo.extra_metrics)
     assert {"loss_mlm", "loss_mvc", "loss_cls", "loss_dab", "loss_ecs", "loss_cce"} <= metrics
     assert all(torch.isfinite(v) for v in lo.extra_metrics.values())
-    # labels registered: CLS drives (1), MLM/MVC regularise (0.1), DAB 1 (the loss docstring)
-    w = {"mlm": 0.1, "mvc": 0.1, "cls": 1, "dab": 1, "ecs": 10, "cce": 1}
+    # labels registered: CLS drives (1), MLM/MVC regularise (0.1), DAB 0.1 (the loss docstring)
+    w = {"mlm": 0.1, "mvc": 0.1, "cls": 1, "dab": 0.1, "ecs": 10, "cce": 1}
     total = sum(w[k] * lo.extra_metrics[f"loss_{k}"] for k in w)
     torch.testing.assert_close(lo.loss.detach(), total)
     assert lo.reconstruction_loss["reconstruction_loss"].shape == (N_CELLS,)

@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "ARCHITECTURE_KEYS",
     "TRAINING_FLOP_BUDGET",
+    "SCRATCH_MODULE_DEFAULTS",
     "default_max_epochs",
     "architecture",
     "as_vocab",
@@ -45,6 +46,12 @@ def as_vocab(vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None, ge
         return GeneVocab(vocab)
     return GeneVocab.from_file(vocab)
 
+
+#: Module options of a model trained from scratch that the wrappers' signatures do not list
+#: (their own defaults, scGPT's, are for a pretrained 51M-parameter model): fewer bins learn
+#: faster and more reliably, a lower mask ratio leaves the short cells enough context, and MVC
+#: makes the ``<cls>`` embedding summarise the cell. Checkpoints keep their own values.
+SCRATCH_MODULE_DEFAULTS = {"n_bins": 11, "mask_ratio": 0.25, "do_mvc": True}
 
 #: Transformer options every scGPT-family model takes by name.
 ARCHITECTURE_KEYS = ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls", "dropout")
@@ -333,6 +340,10 @@ class SCGPTBaseMixin:
                 UserWarning,
                 stacklevel=2,
             )
+        if self.is_trained_ and self.history_ is None:
+            # from_pretrained: trained weights but no history; the runner would otherwise
+            # treat the fine-tuning run as a continuation and record no history.
+            self.is_trained_ = False
         if max_epochs is None:
             flop = training_flop_per_cell(self.module, self._tokens_per_cell())
             max_epochs = default_max_epochs(n_train, flop, pretrained=pretrained)

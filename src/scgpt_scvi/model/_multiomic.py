@@ -19,7 +19,14 @@ from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
 from ..data import SPECIAL_TOKENS, GeneVocab
 from ..module import SCGPTMultiomicModule
-from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
+from ._base import (
+    SCRATCH_MODULE_DEFAULTS,
+    SCGPTBaseMixin,
+    architecture,
+    as_vocab,
+    check_expression,
+    gene_overlap,
+)
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrained import with_pretrained_parts
@@ -78,7 +85,12 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
         ``<eoc>`` (RNA + protein: ``{"Protein": 0, "RNA": 1, "<pad>": 2, ...}`` as scGPT's
         tutorial).
     d_model, nhead, d_hid, nlayers, nlayers_cls, dropout
-        Architecture (scGPT's names).
+        Architecture (scGPT's names). The defaults are :class:`~scgpt_scvi.model.SCGPT`'s
+        from-scratch ones (width 64, 4 heads, feed-forward 128, 2 layers, no dropout), with
+        its 11 value bins, mask ratio 0.25 and the MVC objective on (it is what makes the
+        ``<cls>`` embedding summarise the cell when no labels are registered); see
+        ``scgpt_scvi.model._base.SCRATCH_MODULE_DEFAULTS``. :meth:`from_pretrained_rna` takes
+        the checkpoint's architecture instead.
     max_tokens_per_modality
         Tokens per modality per cell (``<cls>`` not counted): one number for every modality, or
         a mapping from MuData modality name to number (modalities left out are not capped).
@@ -91,8 +103,8 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
     Examples
     --------
     >>> SCGPTMultiomic.setup_mudata(mdata, modalities={"rna_layer": "rna", "protein_layer": "prot"})
-    >>> model = SCGPTMultiomic(mdata, max_tokens_per_modality=512)
-    >>> model.train(max_epochs=10)
+    >>> model = SCGPTMultiomic(mdata)
+    >>> model.train()
     >>> mdata.obsm["X_scgpt"] = model.get_latent_representation()
     """
 
@@ -104,12 +116,12 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
         mdata: MuData | None = None,
         vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None = None,
         vocab_mod: Mapping[str, int] | str | os.PathLike | None = None,
-        d_model: int = 128,
+        d_model: int = 64,
         nhead: int = 4,
         d_hid: int = 128,
-        nlayers: int = 4,
+        nlayers: int = 2,
         nlayers_cls: int = 3,
-        dropout: float = 0.2,
+        dropout: float = 0.0,
         max_tokens_per_modality: int | Mapping[str, int] = 512,
         mod_in_input: bool = False,
         **module_kwargs,
@@ -125,6 +137,8 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
         token_ids, self.gene_overlap_ = self._token_ids(features, vocab_obj)
         budgets = _budgets(max_tokens_per_modality, mods, features)
         self._set_data_defaults(module_kwargs)
+        for key, value in SCRATCH_MODULE_DEFAULTS.items():
+            module_kwargs.setdefault(key, value)
         self.module = self._module_cls(
             ntokens_mod=vocab_mod_obj.ntoken,
             mod_pad_id=vocab_mod_obj.pad_id,

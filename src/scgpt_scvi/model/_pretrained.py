@@ -74,6 +74,9 @@ def with_pretrained_parts(
     ``model.pretrained_report_``. Shared by the perturbation and multi-omic models."""
     arch = args_to_kwargs(read_args(model_dir), source=str(Path(model_dir) / ARGS_FILE))
     kwargs = {k: arch[k] for k in arch_keys if k in arch} | kwargs
+    for key, value in ORIGINAL_DEFAULTS.items():  # what args.json leaves out: the original's
+        if key in arch_keys:
+            kwargs.setdefault(key, value)
     kwargs.setdefault("vocab", read_vocab(model_dir))
     model = cls(data, **kwargs)
     model.pretrained_report_ = load_pretrained_parts(
@@ -179,16 +182,6 @@ class PretrainedMixin:
         model.normalize_embeddings_ = True
         model.quantize_ = quantize
         return model
-
-    def train(self, *args, **kwargs):
-        """Fine-tuning a pretrained model starts its training history.
-
-        A model from :meth:`from_pretrained` is trained (``is_trained_``) but has no history;
-        scvi-tools' runner would then treat the run as a continuation and record nothing.
-        """
-        if self.is_trained_ and self.history_ is None:
-            self.is_trained_ = False
-        return super().train(*args, **kwargs)
 
     def _checkpoint_kwargs(self) -> dict:
         """The module's constructor options (defaults, init arguments, what the weights show)."""

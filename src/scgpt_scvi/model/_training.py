@@ -248,5 +248,5 @@ def fault_tolerant_train(train: Callable) -> Callable:
         """
     if wrapper.__doc__ and "**kwargs" in wrapper.__doc__:
         head, tail = wrapper.__doc__.split("        **kwargs", 1)
-        wrapper.__doc__ = head + extra.lstrip("\n") + "        **kwargs" + tail
+        wrapper.__doc__ = head + extra.lstrip("\n").rstrip(" ") + "        **kwargs" + tail
     return wrapper

@@ -15,6 +15,8 @@ affine decoder's output at ``<cls>`` is ignored.
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from scvi import REGISTRY_KEYS
 from scvi.module.base import LossOutput, auto_move_data
@@ -25,11 +27,21 @@ from ..nn import AffineExprDecoder, ecs_loss
 from ._constants import CELL_KEY
 from ._scgpt import SCGPTModule, _per_cell_mse, _prefixed, _regression
 
-__all__ = ["SCGPTPerturbationModule", "PERT_KEY", "GENE_SELECTIONS", "log_normalize"]
+__all__ = [
+    "SCGPTPerturbationModule",
+    "PERT_KEY",
+    "GENE_SELECTIONS",
+    "COMBINATIONS",
+    "check_combination",
+    "log_normalize",
+]
 
 #: Registry key of the perturbation condition codes.
 PERT_KEY = "perturbation"
 GENE_SELECTIONS = ("all", "batch-wise")
+#: How a perturbation's prediction is formed (see :class:`SCGPTPerturbationModule`).
+Combination = Literal["direct", "additive_interaction"]
+COMBINATIONS: tuple[str, ...] = ("direct", "additive_interaction")
 #: keyed_uniform stream of the control pairing (tokeniser streams use 1-3).
 STREAM_PAIR = 4
 
@@ -38,6 +50,13 @@ def log_normalize(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
     """``log1p`` of counts scaled to ``target_sum`` per cell (all-zero cells stay zero)."""
     total = x.sum(1, keepdim=True)
     return torch.log1p(x * (target_sum / total.clamp(min=1e-12)))
+
+
+def check_combination(combination: str) -> None:
+    """Raise a ``ValueError`` naming the choices unless ``combination`` is in
+    :data:`COMBINATIONS`."""
+    if combination not in COMBINATIONS:
+        raise ValueError(f"Unknown combination {combination!r}; choose one of {COMBINATIONS}.")
 
 
 class SCGPTPerturbationModule(SCGPTModule):
@@ -88,8 +107,25 @@ class SCGPTPerturbationModule(SCGPTModule):
         with ``"batch-wise"`` feeds the genes non-zero in any control cell of the pool (so a
         cell's prediction does not depend on its minibatch) plus the targets; genes not fed are
         predicted 0, as in the original.
-    seed
-        Seed of the control pairing.
+    combination
+        How the prediction for a perturbation is formed. ``"direct"`` (scGPT's
+        ``TransformerGenerator``): the decoder's output is the predicted expression.
+        ``"additive_interaction"``: the prediction is the *additive expectation* of the
+        perturbation, ``control_mean + sum of its target genes' single_deltas``, plus the
+        decoder's output as a learned *interaction residual*; the decoder's last layers start at
+        zero, so an untrained model predicts the additive expectation exactly, and training
+        regresses the residual (observed minus additive expectation). A target gene without a
+        row in ``single_deltas`` (never perturbed alone in training) adds nothing to the
+        expectation: its effect is left to the residual, i.e. to the model's own prediction of
+        that gene. Requires ``explicit_zero_prob=False``. Genes that are not fed (or not
+        modelled) are predicted at the additive expectation.
+    single_targets
+        ``(K,)`` vocabulary ids of the genes with an observed single-gene perturbation
+        (``"additive_interaction"``).
+    single_deltas
+        ``(K, n_vars)`` mean log1p-normalised expression of each of those genes' single-gene
+        cells minus the control mean (as
+        :func:`scgpt_scvi.perturbation_metrics.single_gene_deltas` gives).
 
     Examples
     --------
@@ -130,7 +166,16 @@ class SCGPTPerturbationModule(SCGPTModule):
         normalize_counts: bool = False,
         gene_selection: str = "batch-wise",
         seed: int = 0,
+        combination: Combination = "direct",
+        single_targets: torch.Tensor | None = None,
+        single_deltas: torch.Tensor | None = None,
     ):
+        check_combination(combination)
+        if combination == "additive_interaction" and explicit_zero_prob:
+            raise ValueError(
+                "combination='additive_interaction' predicts a residual over the additive "
+                "expectation, which has no P(non-zero); use explicit_zero_prob=False."
+            )
         if gene_selection not in GENE_SELECTIONS:
             raise ValueError(
                 f"Unknown gene_selection {gene_selection!r}; choose one of {GENE_SELECTIONS}."
@@ -181,6 +226,46 @@ class SCGPTPerturbationModule(SCGPTModule):
             "condition_targets", torch.as_tensor(condition_targets).long(), persistent=False
         )
         self.register_buffer("control_x", torch.as_tensor(control_x).float(), persistent=False)
+        self.combination = combination
+        self._set_additive_parts(single_targets, single_deltas)
+        if combination == "additive_interaction":
+            # zero last layers: the residual starts at 0, the prediction at the additive one
+            for head in (self.decoder.coeff_decoder, self.decoder.bias_decoder):
+                nn.init.zeros_(head.fc[-1].weight)
+                nn.init.zeros_(head.fc[-1].bias)
+
+    def _set_additive_parts(
+        self, single_targets: torch.Tensor | None, single_deltas: torch.Tensor | None
+    ) -> None:
+        """Buffers of the additive expectation: ``control_mean`` (prepared control pool, in
+        float64 before rounding), ``single_targets`` and ``single_deltas``."""
+        n_vars = self.control_x.shape[1]
+        if single_targets is None:
+            single_targets = torch.zeros(0, dtype=torch.long)
+        if single_deltas is None:
+            single_deltas = torch.zeros(0, n_vars)
+        single_targets = torch.as_tensor(single_targets).long().reshape(-1)
+        single_deltas = torch.as_tensor(single_deltas).float()
+        if single_deltas.shape != (single_targets.numel(), n_vars):
+            raise ValueError(
+                f"single_deltas must be (len(single_targets), n_vars) = "
+                f"({single_targets.numel()}, {n_vars}); got {tuple(single_deltas.shape)}."
+            )
+        if self.control_x.shape[0]:
+            control_mean = self._prepare(self.control_x.double()).mean(0).float()
+        else:
+            control_mean = torch.zeros(n_vars)
+        # Data-derived like control_x: rebuilt by the model on every construction (also on load).
+        self.register_buffer("single_targets", single_targets, persistent=False)
+        self.register_buffer("single_deltas", single_deltas, persistent=False)
+        self.register_buffer("control_mean", control_mean, persistent=False)
+
+    def additive_expectation(self, targets: torch.Tensor) -> torch.Tensor:
+        """``(B, n_vars)``: ``control_mean`` plus the ``single_deltas`` of each cell's target
+        genes ``targets`` ``(B, T)`` (-1 padded); genes without a single delta add nothing."""
+        hit = targets[:, :, None] == self.single_targets[None, None, :]
+        weight = (hit & (targets[:, :, None] >= 0)).any(1).to(self.single_deltas.dtype)
+        return self.control_mean + weight @ self.single_deltas
 
     # ---------------------------------------------------------------- pairing and tokens
     def pair_controls(self, cell_keys: torch.Tensor, seed: int | None = None) -> torch.Tensor:
@@ -324,8 +409,12 @@ class SCGPTPerturbationModule(SCGPTModule):
             "x_in": x_in,
             **tok,
         }
+        if self.combination == "additive_interaction":
+            out["expected"] = self.additive_expectation(targets)
         if x is not None:
             out["target_values"] = x[:, columns]
+            if "expected" in out:  # the heads regress the residual over the expectation
+                out["target_values"] = out["target_values"] - out["expected"][:, columns]
         return out
 
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
@@ -358,6 +447,9 @@ class SCGPTPerturbationModule(SCGPTModule):
     ) -> LossOutput:
         """MSE of the predicted against the perturbed cell's expression on the fed genes.
 
+        With ``combination="additive_interaction"`` the heads' targets are the residuals
+        (expression minus the additive expectation).
+
         Plus the P(non-zero) NLL with ``explicit_zero_prob``, the MVC term (weight 1 by default
         with ``do_mvc``) and ECS (``ecs_weight``). Weights reach here through ``plan_kwargs``.
         """
@@ -389,9 +481,11 @@ class SCGPTPerturbationModule(SCGPTModule):
         """Predicted ``(B, n_vars)`` expression (log1p-normalised space) of control cells
         ``control_index`` under perturbation ``targets`` ``(B, T)``.
 
-        Genes are fed as ``gene_selection`` says; modelled genes not fed are predicted 0 and
-        genes outside the vocabulary keep the control's value. With ``explicit_zero_prob`` the
-        prediction is ``P(non-zero) * value``.
+        Genes are fed as ``gene_selection`` says. ``"direct"``: modelled genes not fed are
+        predicted 0 and genes outside the vocabulary keep the control's value; with
+        ``explicit_zero_prob`` the prediction is ``P(non-zero) * value``.
+        ``"additive_interaction"``: the additive expectation, plus the decoder's residual on the
+        fed genes.
         """
         inf = self.inference(
             targets=targets.to(self.device), control_index=control_index.to(self.device)
@@ -401,6 +495,10 @@ class SCGPTPerturbationModule(SCGPTModule):
         pred = gen["mlm_output"][:, 1 : 1 + cols.numel()]
         if "mlm_nonzero_prob" in gen:
             pred = pred * gen["mlm_nonzero_prob"][:, 1 : 1 + cols.numel()]
+        if "expected" in inf:
+            out = inf["expected"].clone()
+            out[:, cols] += pred.to(out.dtype)
+            return out
         x_in = inf["x_in"]
         out = torch.where(self.gene_token_ids >= 0, torch.zeros_like(x_in), x_in)
         out[:, cols] = pred.to(out.dtype)
@@ -421,6 +519,7 @@ class SCGPTPerturbationModule(SCGPTModule):
 
         Returns ``mlm_output`` (+ ``mlm_nonzero_prob``, never sampled), ``cell_emb`` (which the
         original does not return), and ``cls_output``, ``mvc_output``, ``loss_ecs`` on request.
+        With ``combination="additive_interaction"`` ``mlm_output`` is the residual.
         """
         h, gene_embs = self.encode_tokens(gene_ids, values, input_pert_flags, padding_mask)
         cell_emb = self.cell_embedding(h, values, padding_mask)
