@@ -52,10 +52,11 @@ class SCGPTPerturbationAnalysisMixin:
             total = np.zeros(len(var_names), dtype=np.float64)
             for _, rows in iter_rows(X):
                 dense = rows.toarray() if sparse.issparse(rows) else np.asarray(rows)
-                dense = torch.from_numpy(np.asarray(dense, dtype=np.float64))
+                # the model's genes first: the model normalises counts over its own genes
+                dense = torch.from_numpy(np.asarray(dense, dtype=np.float64)[:, cols])
                 if counts:
                     dense = log_normalize(dense)
-                total += dense.numpy()[:, cols].sum(0)
+                total += dense.numpy().sum(0)
             return total / observed.n_obs
         if isinstance(observed, pd.Series):
             observed = observed.reindex(var_names).to_numpy()
@@ -89,8 +90,9 @@ class SCGPTPerturbationAnalysisMixin:
         ----------
         observed
             AnnData of perturbed cells (counts or log1p-normalised; its genes must include the
-            model's), or a mean log1p-normalised vector over the model's genes (array, or a
-            Series indexed by gene).
+            model's; counts are normalised over the model's genes, as in training), or a mean
+            log1p-normalised vector over the model's genes (array, or a Series indexed by
+            gene).
         candidates
             Condition strings to rank (``"A"``, ``"A+B"``); default: every single and every
             pair (``max_genes=2``) of the genes targeted in the registered conditions.
