@@ -13,6 +13,9 @@ import pytest
 from scgpt_scvi.tl import ReferenceIndex, transfer_labels
 from scgpt_scvi.tl import _reference as reference_mod
 
+#: Epochs of the SCGPT whose embedding the pbmc68k transfer test maps with.
+MAX_EPOCHS_SCGPT = 6
+
 
 def _brute_force(ref, q, k, metric):
     if metric == "cosine":
@@ -144,6 +147,69 @@ def test_transfer_labels_pbmc_matches_logistic_regression(shared_dir):
     again = query.copy()
     transfer_labels(again, index, "bulk_labels", use_rep="X_pca", k=10)
     assert (again.obs["bulk_labels_transferred"] == query.obs["bulk_labels_transferred"]).all()
+
+
+@pytest.mark.slow
+def test_transfer_labels_from_scgpt_embedding_matches_logistic_regression(shared_dir):
+    """kNN label transfer from OUR embedding is within 0.05 of a linear probe on it.
+
+    pbmc68k, stratified 70/30 split. SCGPT is trained on the reference cells only, with the
+    library defaults and the reference labels (``labels_key``: the CLS objective shapes the
+    embedding, as when a reference model is fine-tuned); the query's labels are never seen.
+    Both classifiers read the same ``X_scgpt``; logistic regression is scored raw and on
+    standardised features, and the better of the two is the bar.
+
+    Measured (seed 0): after 6 epochs kNN 0.70, logistic regression 0.73 (standardised) / 0.67
+    (raw); after the default epochs (21) 0.78 vs 0.76 / 0.78. Without labels (self-supervised
+    embedding) kNN trails standardised logistic regression by about 0.10 (0.61 vs 0.71 after
+    the default 23 epochs), but not the raw one (0.43): a linear probe can ignore the embedding
+    directions that do not carry cell type, a neighbour vote cannot.
+    """
+    import scvi
+    import torch
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from scgpt_scvi import SCGPT
+
+    path = shared_dir / "data" / "pbmc68k_reduced_counts_700cells.h5ad"
+    if not path.exists():
+        pytest.skip(f"{path} not found")
+    torch.set_num_threads(1)
+    adata = ad.read_h5ad(path)
+    labels = adata.obs["bulk_labels"].astype(str).to_numpy()
+    train, test = train_test_split(
+        np.arange(adata.n_obs), train_size=0.7, random_state=0, stratify=labels
+    )
+    ref, query = adata[train].copy(), adata[test].copy()
+    scvi.settings.seed = 0
+    SCGPT.setup_anndata(ref, labels_key="bulk_labels")
+    model = SCGPT(ref)
+    model.train(max_epochs=MAX_EPOCHS_SCGPT, enable_progress_bar=False, enable_model_summary=False)
+    ref.obsm["X_scgpt"] = model.get_latent_representation(ref)
+    query.obsm["X_scgpt"] = model.get_latent_representation(query)
+
+    transfer_labels(query, ref, "bulk_labels", use_rep="X_scgpt", k=10)
+    truth = labels[test]
+    acc_knn = float((query.obs["bulk_labels_transferred"].astype(str).to_numpy() == truth).mean())
+    acc_lr = {}
+    for name, clf in (
+        ("raw", LogisticRegression(max_iter=5000)),
+        ("standardised", make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000))),
+    ):
+        clf.fit(ref.obsm["X_scgpt"], labels[train])
+        acc_lr[name] = float((clf.predict(query.obsm["X_scgpt"]) == truth).mean())
+    majority = float((truth == pd.Series(labels[train]).mode()[0]).mean())
+    print(
+        f"pbmc68k 70/30 X_scgpt: kNN transfer {acc_knn:.3f}, logistic regression "
+        f"{acc_lr['raw']:.3f} (raw) / {acc_lr['standardised']:.3f} (standardised), "
+        f"majority class {majority:.3f}"
+    )
+    # the embedding carries cell type (otherwise the comparison would say nothing)
+    assert max(acc_lr.values()) > majority + 0.25
+    assert acc_knn >= max(acc_lr.values()) - 0.05
 
 
 def _tiny_pair():
