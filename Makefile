@@ -22,7 +22,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks tools docs
-	$(PY) -m pytest -q -p no:cacheprovider --nbmake tests tutorials
+	$(PY) -m pytest -q -p no:cacheprovider --durations=20 --nbmake tests tutorials
 
 # Documentation: warnings are errors; offline (committed intersphinx inventories). HTML in
 # docs/_build/html. `make docs-clean docs` rebuilds from scratch.
