@@ -200,6 +200,12 @@ class SCGPTMultiomicModule(SCGPTModule):
         out["mod_types"] = self.modality_types(out["gene_ids"])
         return out
 
+    def loss_groups(self, inference_outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The modality of each position: each modality's MLM / MVC error is normalised on its
+        own and the modalities weigh equally, so 14 proteins beside 500 RNA tokens still count
+        as much as the RNA (the original pools all positions)."""
+        return inference_outputs["mod_types"]
+
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         out = super()._get_generative_input(tensors, inference_outputs)
         out["mod_types"] = inference_outputs["mod_types"]

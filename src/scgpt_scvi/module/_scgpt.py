@@ -447,7 +447,8 @@ class SCGPTModule(BaseModuleClass):
         **Every term is on one scale, O(1)**, whatever ``n_bins``, the value style or the data:
 
         - ``loss_mlm`` / ``loss_mvc``: the masked MSE divided by the variance of the masked
-          targets in the minibatch (so 1 is what predicting their mean scores, 0 is perfect),
+          targets in the minibatch (so 1 is what predicting their mean scores, 0 is perfect;
+          per :meth:`loss_groups`, e.g. per modality, each averaged with equal weight),
           plus the P(non-zero) NLL with ``explicit_zero_prob``. The original regresses raw bin
           indices, so its MSE is in the hundreds and, with gradient clipping, drowns every other
           term; the model's outputs are unchanged (only the training loss is rescaled).
@@ -473,10 +474,11 @@ class SCGPTModule(BaseModuleClass):
         labels = tensors.get(REGISTRY_KEYS.LABELS_KEY)
         use_cls = labels is not None and self.n_cls > 1 and (cls_weight is None or cls_weight > 0)
         recon_default = RECONSTRUCTION_WEIGHT_WITH_LABELS if use_cls else 1.0
-        terms = {"mlm": _regression(gen, "mlm", target, mask)}
+        groups = self.loss_groups(inf)
+        terms = {"mlm": _regression(gen, "mlm", target, mask, groups)}
         weights = {"mlm": recon_default if mlm_weight is None else mlm_weight}
         if "mvc_output" in gen:
-            terms["mvc"] = _regression(gen, "mvc", target, mask)
+            terms["mvc"] = _regression(gen, "mvc", target, mask, groups)
             weights["mvc"] = recon_default if mvc_weight is None else mvc_weight
         if use_cls:
             terms["cls"] = F.cross_entropy(gen["cls_output"], labels.reshape(-1).long())
@@ -503,6 +505,11 @@ class SCGPTModule(BaseModuleClass):
             n_obs_minibatch=n,
             extra_metrics={f"loss_{k}": v.detach() for k, v in terms.items()},
         )
+
+    def loss_groups(self, inference_outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """Group id of every position whose MLM / MVC errors are normalised and weighted
+        apart (``None``: all positions together; the multi-omic module: the modality)."""
+        return None
 
     # ---------------------------------------------------------------- original-style forward
     def forward_tokens(
@@ -543,13 +550,30 @@ def _prefixed(prefix: str, head_out: dict[str, torch.Tensor]) -> dict[str, torch
     return {f"{prefix}_output" if k == "pred" else f"{prefix}_{k}": v for k, v in head_out.items()}
 
 
-def _regression(gen: dict, prefix: str, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def _regression(
+    gen: dict,
+    prefix: str,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Variance-normalised masked MSE of a head (+ P(non-zero) NLL when the head predicts it).
 
     The MSE is divided by the (detached) variance of the masked targets, so the term is O(1)
-    whatever the value scale: 1 for predicting their mean, 0 for a perfect prediction.
+    whatever the value scale: 1 for predicting their mean, 0 for a perfect prediction. With
+    ``groups`` (an id per position, e.g. the modality), each group present among the masked
+    positions is normalised on its own and the groups are averaged with equal weight.
     """
-    loss = masked_mse_loss(gen[f"{prefix}_output"], target, mask) / _masked_variance(target, mask)
+    pred = gen[f"{prefix}_output"]
+    if groups is None:
+        loss = masked_mse_loss(pred, target, mask) / _masked_variance(target, mask)
+    else:
+        parts = [
+            masked_mse_loss(pred, target, mask & (groups == g))
+            / _masked_variance(target, mask & (groups == g))
+            for g in torch.unique(groups[mask])
+        ]
+        loss = torch.stack(parts).mean() if parts else pred.sum() * 0.0
     if f"{prefix}_nonzero_prob" in gen:
         loss = loss + masked_nonzero_nll(gen[f"{prefix}_nonzero_prob"], target, mask)
     return loss
