@@ -568,11 +568,8 @@ def _regression(
     if groups is None:
         loss = masked_mse_loss(pred, target, mask) / _masked_variance(target, mask)
     else:
-        parts = [
-            masked_mse_loss(pred, target, mask & (groups == g))
-            / _masked_variance(target, mask & (groups == g))
-            for g in torch.unique(groups[mask])
-        ]
+        in_group = [mask & (groups == g) for g in torch.unique(groups[mask])]
+        parts = [masked_mse_loss(pred, target, m) / _masked_variance(target, m) for m in in_group]
         loss = torch.stack(parts).mean() if parts else pred.sum() * 0.0
     if f"{prefix}_nonzero_prob" in gen:
         loss = loss + masked_nonzero_nll(gen[f"{prefix}_nonzero_prob"], target, mask)
