@@ -50,7 +50,7 @@ def build_checkpoint(folder: Path, genes: list[str], seed: int = 0) -> dict:
     import numpy as np
     import torch
 
-    from scgpt_scvi._checkpoint import save_state_dict
+    from scgpt_scvi.checkpoint import save_state_dict
     from scgpt_scvi.data import SPECIAL_TOKENS
     from scgpt_scvi.module import SCGPTModule
 

@@ -81,7 +81,7 @@ def score_held_out(
 ) -> pd.DataFrame:
     """Scores (per method and held-out double) of ``model_preds`` and the three baselines
     (fitted on ``train``), against the observed cells of ``adata``."""
-    from scgpt_scvi.perturbation_metrics import evaluate_perturbations, perturbation_baselines
+    from scgpt_scvi.metrics import evaluate_perturbations, perturbation_baselines
 
     preds = {**model_preds, **perturbation_baselines(train, perturbations=HELD_OUT, **kw)}
     return evaluate_perturbations(preds, adata, **kw)

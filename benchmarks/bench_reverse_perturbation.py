@@ -59,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def _score(metric: str, pred: np.ndarray, target: np.ndarray, control: np.ndarray) -> float:
     """The scores of ``SCGPTPerturbation.rank_perturbations`` (higher is better)."""
-    from scgpt_scvi.perturbation_metrics import pearson_delta
+    from scgpt_scvi.metrics import pearson_delta
 
     if metric == "pearson_delta":
         return pearson_delta(pred, target, control)
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace, seed: int) -> dict:
     import torch
 
     from scgpt_scvi import SCGPTPerturbation
-    from scgpt_scvi.perturbation_metrics import condition_mean, perturbation_baselines
+    from scgpt_scvi.metrics import condition_mean, perturbation_baselines
 
     torch.set_num_threads(args.threads)
     scvi.settings.seed = seed

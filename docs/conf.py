@@ -164,3 +164,6 @@ def setup(app):
     # `scgpt_scvi.model.SCGPT` and `scgpt_scvi.SCGPT` are one object, documented once (under the
     # latter): references through the other public paths resolve to that page.
     app.connect("missing-reference", apigen.resolve_reexport)
+    # Constants re-exported from private modules: their `#:` comment, not their type's docstring
+    # (before napoleon, which would parse e.g. `dict`'s docstring).
+    app.connect("autodoc-process-docstring", apigen.document_constant, priority=400)

@@ -15,7 +15,7 @@ import torch
 from scipy import sparse
 
 from scgpt_scvi import SCGPTMultiomic
-from scgpt_scvi._checkpoint import to_torch_layout
+from scgpt_scvi.checkpoint import to_torch_layout
 from scgpt_scvi.data import GeneVocab
 from scgpt_scvi.module import SCGPTMultiomicModule
 
@@ -219,7 +219,7 @@ def test_mod_in_input_option():
     h_off, _ = off.encode(ids, values, pad)
     h_on, _ = on.encode(ids, values, pad)
     extra = off.mod_encoder(off.modality_types(ids))
-    h_ref, _ = off.encode(ids, values, pad, extra_embs=extra)
+    h_ref, _ = off.backbone(ids, values, pad, extra_embs=extra)
     assert not torch.allclose(h_off, h_on)
     assert torch.allclose(h_on, h_ref)
 

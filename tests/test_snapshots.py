@@ -21,7 +21,7 @@ sys.path.insert(0, str(HERE))
 from make_snapshots import module_cases, run_module  # noqa: E402
 
 SNAPSHOTS = torch.load(HERE / "modules.pt", weights_only=True)
-ATOL = 1e-6
+ATOL = 1e-5  # the parity tolerance (float32 sums differ in the last bits with the thread count)
 
 
 @pytest.mark.parametrize("name", sorted(module_cases()))

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import pkgutil
+import sys
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,6 +118,53 @@ def resolve_reexport(app, env, node, contnode):
     return env.domains["py"].resolve_xref(
         env, node["refdoc"], app.builder, node["reftype"], _ALIASES[head] + rest, node, contnode
     )
+
+
+def constant_comment(dotted: str) -> list[str] | None:
+    """The ``#:`` comment of a constant in the module that defines it (``scgpt_scvi.data.
+    SPECIAL_TOKENS`` -> its comment in ``scgpt_scvi.data._vocab``); ``None`` when it has none.
+
+    Autodoc looks for the comment in the module it documents the constant under, where a
+    re-exported constant has none.
+    """
+    from sphinx.errors import PycodeError
+    from sphinx.pycode import ModuleAnalyzer
+
+    modname, _, name = dotted.rpartition(".")
+    obj = getattr(importlib.import_module(modname), name)
+    package = modname.split(".")[0]
+    candidates = sorted(
+        (m for m in list(sys.modules) if m == package or m.startswith(package + ".")),
+        key=lambda m: (not m.startswith(modname), m),  # the documenting module's subtree first
+    )
+    for candidate in candidates:
+        if getattr(sys.modules.get(candidate), name, None) is not obj:
+            continue
+        try:
+            docs = ModuleAnalyzer.for_module(candidate).find_attr_docs()
+        except PycodeError:
+            continue
+        if ("", name) in docs:
+            return list(docs[("", name)])
+    return None
+
+
+def document_constant(app, what, name, obj, options, lines):
+    """``autodoc-process-docstring`` handler: a constant of ours whose docstring is its type's
+    (``tuple``'s, ``dict``'s, which is not valid reST) gets its ``#:`` comment from the module
+    that defines it instead (:func:`constant_comment`), or no text."""
+    from sphinx.util.docstrings import prepare_docstring
+
+    if what != "data" or not name.startswith(PACKAGE + "."):
+        return
+    type_doc = getattr(type(obj), "__doc__", None)
+    if not type_doc or _text(lines) != _text(prepare_docstring(type_doc)):
+        return
+    lines[:] = constant_comment(name) or []
+
+
+def _text(lines) -> list[str]:
+    return [line.strip() for line in lines if line.strip()]
 
 
 def _role(dotted: str) -> str:

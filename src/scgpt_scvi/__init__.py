@@ -2,7 +2,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, module, nn, tl
+from . import checkpoint, data, metrics, module, nn, tl
 from .data import GeneVocab
 from .model import SCGPT, SCGPTMultiomic, SCGPTPerturbation, SCGPTTrainingPlan
 from .module import SCGPTModule, SCGPTMultiomicModule, SCGPTPerturbationModule
@@ -21,7 +21,9 @@ __all__ = [
     "SCGPTPerturbationModule",
     "SCGPTTrainingPlan",
     "GeneVocab",
+    "checkpoint",
     "data",
+    "metrics",
     "module",
     "nn",
     "tl",

@@ -105,7 +105,7 @@ def _check_input(src: Path, layer: str | None, gene_col: str | None) -> None:
 
 
 def _check_model_dir(model_dir: Path) -> None:
-    from ._checkpoint import ARGS_FILE, VOCAB_FILE, WEIGHT_FILES
+    from .checkpoint import ARGS_FILE, VOCAB_FILE, WEIGHT_FILES
 
     if not model_dir.is_dir():
         raise OptionError(f"--model {model_dir} is not a folder.")
@@ -231,7 +231,7 @@ def _write_output(src: Path, dst: Path, key: str, emb, info: dict) -> None:
     import h5py
     from anndata.io import write_elem
 
-    from ._checkpoint import atomic_path
+    from .checkpoint import atomic_path
 
     with atomic_path(dst) as tmp:
         shutil.copyfile(src, tmp)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from scgpt_scvi import SCGPTPerturbation
-from scgpt_scvi.module._perturbation import log_normalize
+from scgpt_scvi.data import log_normalize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

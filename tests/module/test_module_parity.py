@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from scgpt_scvi._checkpoint import to_torch_layout
+from scgpt_scvi.checkpoint import to_torch_layout
 from scgpt_scvi.data import GeneVocab
 from scgpt_scvi.module import SCGPTModule, pool_cells
 

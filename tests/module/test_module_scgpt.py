@@ -300,24 +300,3 @@ def test_inference_respects_max_seq_len_and_vocab():
     ids = inf["gene_ids"][~inf["padding_mask"]]
     assert not torch.isin(ids, torch.tensor([3, 17])).any(), "columns without a vocab id dropped"
     assert math.isclose(float(inf["values"][0, 0]), m.cls_value)
-
-
-def test_grouped_regression_weighs_each_group_equally():
-    """With groups (the multi-omic modalities), each group's MSE is normalised by its own
-    target variance and the groups are averaged: a small group counts as much as a large one."""
-    from scgpt_scvi.module._scgpt import _regression
-
-    g = torch.Generator().manual_seed(0)
-    target, pred = torch.randn(4, 30, generator=g), torch.randn(4, 30, generator=g)
-    mask = torch.rand(4, 30, generator=g) < 0.5
-    groups = (torch.arange(30) >= 27).long().expand(4, -1)  # 27 "RNA" + 3 "protein" positions
-    got = _regression({"mlm_output": pred}, "mlm", target, mask, groups)
-    expected = []
-    for k in (0, 1):
-        m = mask & (groups == k)
-        mse = ((pred - target)[m] ** 2).mean()
-        expected.append(mse / target[m].var())
-    torch.testing.assert_close(got, torch.stack(expected).mean())
-    pooled = _regression({"mlm_output": pred}, "mlm", target, mask)
-    torch.testing.assert_close(pooled, ((pred - target)[mask] ** 2).mean() / target[mask].var())
-    assert not torch.isclose(got, pooled)

@@ -6,7 +6,6 @@ import logging
 import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -17,7 +16,13 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import MuDataCategoricalObsField, MuDataLayerField, MuDataWrapper
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from ..data import SPECIAL_TOKENS, GeneVocab
+from ..data import (
+    MODALITIES,
+    GeneVocab,
+    extend_vocab,
+    modality_vocab,
+    token_modalities,
+)
 from ..module import SCGPTMultiomicModule
 from ._base import (
     SCRATCH_MODULE_DEFAULTS,
@@ -39,22 +44,6 @@ __all__ = ["SCGPTMultiomic", "MODALITIES", "MuDataCellKeyObsField"]
 
 #: ``obs['_scgpt_cell_key']`` on the MuData itself (seeds tokenisation, keyed on cell names).
 MuDataCellKeyObsField = MuDataWrapper(CellKeyObsField)
-
-
-class Modality(NamedTuple):
-    """How one kind of measurement enters the model."""
-
-    registry_key: str  #: scvi-tools registry key of its data
-    name: str  #: its entry in the modality vocabulary (``vocab_mod``)
-    prefix: str  #: prefix of its feature tokens in the vocabulary
-
-
-#: ``setup_mudata`` layer argument -> modality, in sequence order (RNA, protein, ATAC).
-MODALITIES: dict[str, Modality] = {
-    "rna_layer": Modality(REGISTRY_KEYS.X_KEY, "RNA", ""),
-    "protein_layer": Modality(REGISTRY_KEYS.PROTEIN_EXP_KEY, "Protein", "p_"),
-    "atac_layer": Modality(REGISTRY_KEYS.ATAC_X_KEY, "ATAC", "a_"),
-}
 
 
 class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
@@ -129,11 +118,11 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
         super().__init__(mdata)
         mods = self._registered_modalities()
         features = {arg: self._feature_tokens(arg, name) for arg, name in mods.items()}
-        vocab_obj = _extend_vocab(
+        vocab_obj = extend_vocab(
             as_vocab(vocab, features.get("rna_layer", [])),
             [t for arg, tokens in features.items() if arg != "rna_layer" for t in tokens],
         )
-        vocab_mod_obj = _modality_vocab(vocab_mod, [MODALITIES[a].name for a in mods])
+        vocab_mod_obj = modality_vocab(vocab_mod, [MODALITIES[a].name for a in mods])
         token_ids, self.gene_overlap_ = self._token_ids(features, vocab_obj)
         budgets = _budgets(max_tokens_per_modality, mods, features)
         self._set_data_defaults(module_kwargs)
@@ -142,7 +131,7 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
         self.module = self._module_cls(
             ntokens_mod=vocab_mod_obj.ntoken,
             mod_pad_id=vocab_mod_obj.pad_id,
-            token_mod_ids=_token_modalities(vocab_obj, vocab_mod_obj, features, token_ids),
+            token_mod_ids=token_modalities(vocab_obj, vocab_mod_obj, features, token_ids),
             modality_sizes=[len(features[a]) for a in mods],
             modality_max_tokens=budgets,
             modality_keys=[MODALITIES[a].registry_key for a in mods],
@@ -173,7 +162,7 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
         The architecture (``args.json``) and vocabulary (``vocab.json``, protein / peak tokens
         appended) come from the checkpoint; the gene encoder (pretrained rows for the tokens the
         checkpoint knows), the value encoder and the transformer are loaded with
-        :func:`scgpt_scvi._checkpoint.load_pretrained_parts` (strict within those parts). The
+        :func:`scgpt_scvi.checkpoint.load_pretrained_parts` (strict within those parts). The
         modality encoder, the modality-conditioned decoders and new tokens start from their
         initialisation. The load report is kept in ``model.pretrained_report_``.
 
@@ -401,24 +390,6 @@ def _check_values(mdata: MuData, chosen: dict[str, str], layers: dict[str, str |
         )
 
 
-def _extend_vocab(vocab: GeneVocab, tokens: Sequence[str]) -> GeneVocab:
-    """Append ``tokens`` missing from ``vocab`` after its last id (new protein / peak tokens)."""
-    stoi = vocab.get_stoi()
-    next_id = vocab.ntoken
-    for t in tokens:
-        if t not in stoi:
-            stoi[t], next_id = next_id, next_id + 1
-    return vocab if len(stoi) == len(vocab) else GeneVocab(stoi)
-
-
-def _modality_vocab(vocab_mod, names: Sequence[str]) -> GeneVocab:
-    vocab = GeneVocab.from_genes(sorted(names)) if vocab_mod is None else as_vocab(vocab_mod, [])
-    missing = [n for n in names if n not in vocab]
-    if missing:
-        raise ValueError(f"vocab_mod lacks the modalities {missing}; it holds {list(vocab)}.")
-    return vocab
-
-
 def _budgets(
     max_tokens: int | Mapping[str, int], mods: dict[str, str], features: dict[str, list[str]]
 ) -> list[int]:
@@ -433,21 +404,3 @@ def _budgets(
     return [
         min(int(max_tokens.get(n, len(features[a]))), len(features[a])) for a, n in mods.items()
     ]
-
-
-def _token_modalities(
-    vocab: GeneVocab,
-    vocab_mod: GeneVocab,
-    features: dict[str, list[str]],
-    token_ids: dict[str, np.ndarray],
-) -> torch.Tensor:
-    """Modality id of every vocabulary token (specials map to their own modality tokens)."""
-    default = vocab_mod["RNA"] if "RNA" in vocab_mod else vocab_mod.pad_id
-    table = torch.full((vocab.ntoken,), default, dtype=torch.long)
-    for arg in features:
-        ids = torch.as_tensor(token_ids[arg])
-        table[ids[ids >= 0]] = vocab_mod[MODALITIES[arg].name]
-    for t in SPECIAL_TOKENS:
-        if t in vocab and t in vocab_mod:
-            table[vocab[t]] = vocab_mod[t]
-    return table

@@ -22,10 +22,9 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
-from .._checkpoint import (
-    SHARED_PREFIXES,
-)
-from ..data import SPECIAL_TOKENS, GeneVocab
+from ..checkpoint import SHARED_PREFIXES
+from ..data import SPECIAL_TOKENS, GeneVocab, holds_counts, parse_condition
+from ..metrics import single_gene_deltas
 from ..module._perturbation import (
     GENE_SELECTIONS,
     PERT_KEY,
@@ -33,7 +32,7 @@ from ..module._perturbation import (
     SCGPTPerturbationModule,
     check_combination,
 )
-from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap, iter_rows
+from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
 from ._checks import check_cells, layer_matrix
 from ._fields import CellKeyObsField
 from ._perturbation_analysis import SCGPTPerturbationAnalysisMixin
@@ -43,47 +42,7 @@ from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCGPTPerturbation", "parse_condition", "holds_counts"]
-
-
-def parse_condition(
-    condition: str, control_category: str = "ctrl", delimiter: str = "+"
-) -> tuple[str, ...]:
-    """Target genes of a GEARS-style condition string.
-
-    ``"ctrl"`` -> ``()``, ``"A"`` and ``"A+ctrl"`` -> ``("A",)``, ``"A+B"`` -> ``("A", "B")``
-    (with ``control_category="ctrl"`` and ``delimiter="+"``).
-
-    Raises
-    ------
-    ValueError
-        For a non-string, an empty part (``""``, ``"A++B"``, ``"+A"``, ``"A+"``), a part with
-        surrounding whitespace, or a gene named twice.
-    """
-    if not isinstance(condition, str):
-        raise ValueError(f"Perturbation condition {condition!r} is not a string.")
-    parts = condition.split(delimiter)
-    if any(p == "" or p != p.strip() for p in parts):
-        raise ValueError(
-            f"Malformed perturbation condition {condition!r}: expected gene names joined by "
-            f"{delimiter!r} (e.g. 'A', 'A{delimiter}{control_category}', 'A{delimiter}B') or "
-            f"{control_category!r}."
-        )
-    genes = tuple(p for p in parts if p != control_category)
-    if len(set(genes)) != len(genes):
-        raise ValueError(f"Perturbation condition {condition!r} names a gene twice.")
-    return genes
-
-
-def holds_counts(X) -> bool:
-    """Whether a (dense, sparse or backed) matrix holds only non-negative integers."""
-    if X.shape[0] == 0:
-        return False
-    for _, rows in iter_rows(X):
-        data = rows.data if sparse.issparse(rows) else np.asarray(rows)
-        if not np.all(np.mod(data, 1) == 0):
-            return False
-    return True
+__all__ = ["SCGPTPerturbation"]
 
 
 def _dense_rows(X, rows: np.ndarray) -> np.ndarray:
@@ -139,7 +98,7 @@ class SCGPTPerturbation(
         ``TransformerGenerator``). ``"additive_interaction"``: the prediction is the additive
         expectation (control mean plus the observed mean deltas of the perturbation's genes
         perturbed alone in the registered data, as
-        :func:`~scgpt_scvi.perturbation_metrics.single_gene_deltas`) plus a learned interaction
+        :func:`~scgpt_scvi.metrics.single_gene_deltas`) plus a learned interaction
         residual that starts at zero, so an untrained model is exactly the ``additive``
         baseline. A gene never perturbed alone adds nothing to the expectation; its effect is
         the model's own (residual) prediction. The deltas are recomputed from the AnnData
@@ -235,9 +194,6 @@ class SCGPTPerturbation(
         single-gene conditions (none for ``"direct"``)."""
         if combination == "direct":
             return {}
-        # imported here: perturbation_metrics imports this module
-        from ..perturbation_metrics import single_gene_deltas
-
         setup = self.registry_["setup_args"]
         deltas = single_gene_deltas(
             self.adata,
@@ -375,7 +331,7 @@ class SCGPTPerturbation(
         comes from ``args.json``, the vocabulary from ``vocab.json`` (so every target gene must
         be in it) unless ``vocab`` is passed, and the parameters under ``prefixes`` (the gene
         encoder, value encoder and transformer, as the original tutorial) from the weights, by
-        :func:`scgpt_scvi._checkpoint.load_pretrained_parts`; with another vocabulary, gene
+        :func:`scgpt_scvi.checkpoint.load_pretrained_parts`; with another vocabulary, gene
         embedding rows are copied by token. The perturbation embedding and the heads start
         fresh.
 

@@ -13,7 +13,8 @@ import torch
 from anndata import AnnData
 from scipy import sparse
 
-from ..module._perturbation import log_normalize
+from ..data import holds_counts, log_normalize, parse_condition
+from ..metrics import pearson_delta
 from ._base import iter_rows
 
 __all__ = ["SCGPTPerturbationAnalysisMixin", "RANK_METRICS"]
@@ -27,15 +28,11 @@ class SCGPTPerturbationAnalysisMixin:
 
     def _perturbable_genes(self) -> list[str]:
         """Target genes of the registered conditions, in first-seen order."""
-        from ._perturbation import parse_condition
-
         genes = (parse_condition(c, *self._parse_args()) for c in self._conditions())
         return list(dict.fromkeys(g for t in genes for g in t))
 
     def _observed_mean(self, observed, layer: str | None) -> np.ndarray:
         """Mean log1p-normalised profile over the model's genes (AnnData or vector)."""
-        from ._perturbation import holds_counts
-
         var_names = self.adata.var_names
         if isinstance(observed, AnnData):
             missing = var_names.difference(observed.var_names)
@@ -143,8 +140,6 @@ class SCGPTPerturbationAnalysisMixin:
         )
         P = np.asarray(pred.X, dtype=np.float64)
         if metric == "pearson_delta":
-            from ..perturbation_metrics import pearson_delta  # imports this package's models
-
             control = self.module._prepare(self.module.control_x).double().mean(0).cpu().numpy()
             scores = [pearson_delta(p, target, control) for p in P]
         elif metric == "pearson":

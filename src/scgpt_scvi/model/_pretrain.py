@@ -51,9 +51,9 @@ from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
-from .._checkpoint import args_to_kwargs, read_args
+from ..checkpoint import args_to_kwargs, read_args
 from ..data import BlockPlan, Corpus, CorpusDataLoader, CorpusDataset, GeneVocab
-from ..module import SCGPTModule
+from ..module import SCGPTModule, config_fields
 from ._base import as_vocab
 from ._pretrained import PretrainedMixin
 from ._training_plan import SCGPTTrainingPlan
@@ -173,10 +173,7 @@ def _split_options(options: dict) -> tuple[dict, dict]:
 
 
 def _is_module_option(key: str) -> bool:
-    import inspect
-
-    params = inspect.signature(SCGPTModule.__init__).parameters
-    return key in params and key not in ("self", "ntoken", "pad_id", "cls_id", "gene_token_ids")
+    return key in config_fields() and key not in ("ntoken", "pad_id", "cls_id")
 
 
 def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:

@@ -10,7 +10,7 @@ from typing import Literal
 
 from anndata import AnnData
 
-from .._checkpoint import (
+from ..checkpoint import (
     ARGS_FILE,
     SHARED_PREFIXES,
     VOCAB_FILE,
@@ -70,7 +70,7 @@ def with_pretrained_parts(
 ):
     """``cls(data, ...)`` built with ``arch_keys`` from the folder's ``args.json`` and its
     ``vocab.json`` (``kwargs`` win), then the parameters under ``prefixes`` loaded from its
-    weights by token (:func:`~scgpt_scvi._checkpoint.load_pretrained_parts`); the load report is
+    weights by token (:func:`~scgpt_scvi.checkpoint.load_pretrained_parts`); the load report is
     ``model.pretrained_report_``. Shared by the perturbation and multi-omic models."""
     arch = args_to_kwargs(read_args(model_dir), source=str(Path(model_dir) / ARGS_FILE))
     kwargs = {k: arch[k] for k in arch_keys if k in arch} | kwargs

@@ -12,7 +12,7 @@ carries. The scGPT family saves instead:
 * ``{prefix}adata.h5ad`` / ``mdata.h5mu`` with ``save_anndata=True``.
 
 Every file is written to a temporary name inside the folder and renamed into place once all
-were written (:func:`~scgpt_scvi._checkpoint.commit_files`), so a failed save leaves an
+were written (:func:`~scgpt_scvi.checkpoint.commit_files`), so a failed save leaves an
 earlier one loadable. Folders in scvi-tools' pickle format load only with
 ``allow_pickle=True`` or after :func:`convert_pickle_folder`.
 """
@@ -35,7 +35,7 @@ import torch
 from anndata import AnnData
 from mudata import MuData
 
-from .._checkpoint import commit_files
+from ..checkpoint import commit_files
 
 logger = logging.getLogger(__name__)
 

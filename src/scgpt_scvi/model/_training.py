@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 from lightning.pytorch import Callback
 
-from .._checkpoint import atomic_path
+from ..checkpoint import atomic_path
 
 __all__ = [
     "CheckpointCallback",

@@ -1,16 +1,68 @@
-"""scvi-tools modules (torch side)."""
+"""scvi-tools modules (torch side): three thin modules on one backbone and one objectives table."""
 
-from ._constants import CELL_EMB_STYLES, CELL_KEY
+from ._common import (
+    adopt_config,
+    draw_seed,
+    embed_cells,
+    family_loss,
+    generate,
+    head_spec,
+    masked_encode,
+    parity_forward,
+    tokenize_columns,
+)
+from ._config import SCGPTConfig, config_fields
+from ._constants import CELL_EMB_STYLES, CELL_KEY, MODULE_KEYS, PERT_KEY
 from ._multiomic import SCGPTMultiomicModule
-from ._perturbation import PERT_KEY, SCGPTPerturbationModule
+from ._objectives import (
+    DAB_WEIGHT,
+    OBJECTIVES,
+    RECONSTRUCTION_WEIGHT_WITH_LABELS,
+    REGRESSION_LOSSES,
+    HeadSpec,
+    LossContext,
+    Objective,
+    build_heads,
+    head_groups,
+    per_cell_mse,
+    regression,
+    run_heads,
+    weighted_loss,
+)
+from ._perturbation import SCGPTPerturbationModule
 from ._scgpt import SCGPTModule, pool_cells
 
 __all__ = [
     "CELL_EMB_STYLES",
     "CELL_KEY",
+    "DAB_WEIGHT",
+    "MODULE_KEYS",
+    "OBJECTIVES",
     "PERT_KEY",
+    "RECONSTRUCTION_WEIGHT_WITH_LABELS",
+    "REGRESSION_LOSSES",
+    "HeadSpec",
+    "LossContext",
+    "Objective",
+    "SCGPTConfig",
     "SCGPTModule",
     "SCGPTMultiomicModule",
     "SCGPTPerturbationModule",
+    "adopt_config",
+    "build_heads",
+    "config_fields",
+    "draw_seed",
+    "embed_cells",
+    "family_loss",
+    "generate",
+    "head_groups",
+    "head_spec",
+    "masked_encode",
+    "parity_forward",
+    "per_cell_mse",
     "pool_cells",
+    "regression",
+    "run_heads",
+    "tokenize_columns",
+    "weighted_loss",
 ]

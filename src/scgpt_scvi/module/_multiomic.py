@@ -1,4 +1,4 @@
-"""``SCGPTMultiomicModule``: scGPT's ``MultiOmicTransformerModel`` on the SCGPT blocks."""
+"""``SCGPTMultiomicModule``: scGPT's ``MultiOmicTransformerModel`` on the family backbone."""
 
 from __future__ import annotations
 
@@ -6,20 +6,41 @@ from collections.abc import Sequence
 
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.module.base import auto_move_data
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from ..data import TokenizedBatch
 from ..nn import BatchLabelEncoder, ExprDecoder, MVCDecoder
-from ._scgpt import SCGPTModule
+from ._common import (
+    adopt_config,
+    embed_cells,
+    family_loss,
+    generate,
+    head_spec,
+    masked_encode,
+    parity_forward,
+    tokenize_columns,
+)
+from ._config import SCGPTConfig
+from ._constants import CELL_KEY, MODULE_KEYS
+from ._objectives import build_heads
 
 __all__ = ["SCGPTMultiomicModule"]
 
+K = MODULE_KEYS
+#: Heads conditioned on ``[batch_emb +] mod_emb``: the expression decoder reads
+#: ``[h, cond]`` (``2 d``), the MVC decoder ``[gene_embs, cond]`` queries (``2 d``).
+_MODALITY_HEADS = {
+    "mlm": lambda s: ExprDecoder(s.d_model, s.explicit_zero_prob, use_batch_labels=True),
+    "mvc": lambda s: MVCDecoder(2 * s.d_model, s.mvc_decoder_style, s.explicit_zero_prob),
+}
 
-class SCGPTMultiomicModule(SCGPTModule):
+
+class SCGPTMultiomicModule(BaseModuleClass):
     """scGPT's ``MultiOmicTransformerModel``: RNA, protein and ATAC features in one sequence.
 
-    The transformer, encoders and heads are :class:`SCGPTModule`'s. On top, a modality encoder
-    ``mod_encoder`` embeds each position's modality, and the expression and MVC decoders are
+    The backbone (:class:`~scgpt_scvi.nn.TokenBackbone`) and heads are :class:`SCGPTModule`'s
+    (from the objectives registry, :data:`~scgpt_scvi.module.OBJECTIVES`). On top, a modality
+    encoder ``mod_encoder`` embeds each position's modality, and the expression and MVC decoders are
     conditioned on it (plus the batch embedding when used), as in the original:
 
     * expression head: ``[h, batch_emb + mod_emb]`` (width ``2 * d_model``);
@@ -58,9 +79,13 @@ class SCGPTMultiomicModule(SCGPTModule):
         Registry keys of the modalities' data, in input order (default: ``X`` alone).
     mod_in_input
         Also add the modality embedding to the transformer input (the original does not).
-    **kwargs
-        :class:`SCGPTModule` options (``d_model``, ``do_mvc``, ``use_batch_labels``, ...).
-        ``max_seq_len`` defaults to ``1 + sum(modality_max_tokens)``.
+    use_mod
+        Condition the decoders on the modality (scGPT's ``use_mod``, default True). ``False``:
+        no modality encoder; the decoders are :class:`SCGPTModule`'s (batch-conditioned only).
+    **options
+        :class:`~scgpt_scvi.module.SCGPTConfig` options (``d_model``, ``do_mvc``,
+        ``use_batch_labels``, ...). ``max_seq_len`` defaults to
+        ``1 + sum(modality_max_tokens)``.
 
     Examples
     --------
@@ -69,6 +94,9 @@ class SCGPTMultiomicModule(SCGPTModule):
     >>> model = SCGPTMultiomic(mdata, d_model=64, nlayers=2)
     >>> model.module  # SCGPTMultiomicModule
     """
+
+    #: Objectives (entries of :data:`~scgpt_scvi.module.OBJECTIVES`) this module trains.
+    OBJECTIVE_NAMES = ("mlm", "cls", "mvc", "cce", "ecs", "dab")
 
     def __init__(
         self,
@@ -80,8 +108,11 @@ class SCGPTMultiomicModule(SCGPTModule):
         modality_max_tokens: Sequence[int] = (),
         modality_keys: Sequence[str] = (),
         mod_in_input: bool = False,
-        **kwargs,
+        use_mod: bool = True,
+        gene_token_ids: torch.Tensor | None = None,
+        **options,
     ):
+        super().__init__()
         if len(modality_sizes) != len(modality_max_tokens):
             raise ValueError(
                 f"modality_sizes ({len(modality_sizes)}) and modality_max_tokens "
@@ -89,8 +120,11 @@ class SCGPTMultiomicModule(SCGPTModule):
             )
         if modality_keys and len(modality_keys) != len(modality_sizes):
             raise ValueError("modality_keys needs one registry key per modality.")
-        kwargs.setdefault("max_seq_len", 1 + sum(int(n) for n in modality_max_tokens))
-        super().__init__(ntoken, **kwargs)
+        if mod_in_input and not use_mod:
+            raise ValueError("mod_in_input=True needs use_mod=True (a modality encoder).")
+        options.setdefault("max_seq_len", 1 + sum(int(n) for n in modality_max_tokens))
+        config = SCGPTConfig.from_options({"ntoken": ntoken, **options})
+        adopt_config(self, config, gene_token_ids)
         n_cols = self.gene_token_ids.numel()
         if modality_sizes and n_cols and sum(modality_sizes) != n_cols:
             raise ValueError(
@@ -100,17 +134,19 @@ class SCGPTMultiomicModule(SCGPTModule):
         self.modality_sizes = [int(n) for n in modality_sizes]
         self.modality_max_tokens = [int(n) for n in modality_max_tokens]
         self.modality_keys = list(modality_keys) or [REGISTRY_KEYS.X_KEY]
-        self.mod_in_input = mod_in_input
-        self.mod_encoder = BatchLabelEncoder(ntokens_mod, self.d_model, padding_idx=mod_pad_id)
-        # Decoders see [state, batch_emb + mod_emb]: twice the width of SCGPTModule's.
-        self.decoder = ExprDecoder(self.d_model, self.explicit_zero_prob, use_batch_labels=True)
-        if self.do_mvc:
-            self.mvc_decoder = MVCDecoder(
-                2 * self.d_model, self.mvc_decoder.arch_style, self.explicit_zero_prob
+        self.mod_in_input, self.use_mod = mod_in_input, use_mod
+        cond_width = config.d_model if use_mod or config.use_batch_labels else 0
+        builders = _MODALITY_HEADS if use_mod else None
+        spec = head_spec(config, cond_width)
+        build_heads(self, self.OBJECTIVE_NAMES, spec, vars(config), builders)
+        if use_mod:
+            self.mod_encoder = BatchLabelEncoder(
+                ntokens_mod, config.d_model, padding_idx=mod_pad_id
             )
         if token_mod_ids is None:
             token_mod_ids = torch.zeros(0, dtype=torch.long)
         self.register_buffer("token_mod_ids", torch.as_tensor(token_mod_ids, dtype=torch.long))
+        self.backbone.reset_gene_embedding()
 
     # ---------------------------------------------------------------- modalities
     def modality_types(self, gene_ids: torch.Tensor) -> torch.Tensor:
@@ -128,33 +164,47 @@ class SCGPTMultiomicModule(SCGPTModule):
         values: torch.Tensor,
         padding_mask: torch.Tensor,
         batch_index: torch.Tensor | None = None,
-        extra_embs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """:meth:`SCGPTModule.encode`; with ``mod_in_input`` the modality embedding (from
-        :meth:`modality_types`) is added to the transformer input."""
-        if self.mod_in_input and extra_embs is None:
-            extra_embs = self.mod_encoder(self.modality_types(gene_ids))
-        return super().encode(gene_ids, values, padding_mask, batch_index, extra_embs)
+        """The backbone's states and gene embeddings; with ``mod_in_input`` the modality
+        embedding (from :meth:`modality_types`) is added to the transformer input."""
+        extra = self.mod_encoder(self.modality_types(gene_ids)) if self.mod_in_input else None
+        return self.backbone(gene_ids, values, padding_mask, batch_index, extra)
 
-    def _decoder_inputs(
+    def head_inputs(
         self,
         h: torch.Tensor,
         cell_emb: torch.Tensor,
         gene_embs: torch.Tensor,
         batch_index: torch.Tensor | None = None,
         mod_types: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if mod_types is None:
-            raise ValueError("The multi-omic decoders need mod_types.")
-        cond = self.mod_encoder(mod_types.long())
-        batch_emb = self._batch_emb(batch_index)
-        if batch_emb is not None:
-            cond = batch_emb.unsqueeze(1) + cond
-        return (
-            torch.cat([h, cond], dim=2),
-            torch.cat([cell_emb, cond[:, 0]], dim=1),
-            torch.cat([gene_embs, cond], dim=2),
-        )
+    ) -> dict[str, tuple]:
+        """Arguments of each head, conditioned on ``cond = [batch_emb +] mod_emb``: the
+        expression head reads ``[h, cond]``, MVC ``[cell_emb, cond[:, 0]]`` and
+        ``[gene_embs, cond]``. Without ``use_mod``, ``cond`` is the batch embedding alone (as
+        :meth:`SCGPTModule.head_inputs`)."""
+        batch_emb = self.backbone.batch_emb(batch_index)
+        if self.use_mod:
+            if mod_types is None:
+                raise ValueError("The multi-omic decoders need mod_types.")
+            cond = self.mod_encoder(mod_types.long())
+            if batch_emb is not None:
+                cond = batch_emb.unsqueeze(1) + cond
+        elif batch_emb is not None:
+            cond = batch_emb.unsqueeze(1).expand(-1, h.shape[1], -1)
+        else:
+            return {
+                "mlm": (h,),
+                "cls": (cell_emb,),
+                "mvc": (cell_emb, gene_embs),
+                "dab": (cell_emb,),
+            }
+        genes = torch.cat([gene_embs, cond], dim=2) if self.use_mod else gene_embs
+        return {
+            "mlm": (torch.cat([h, cond], dim=2),),
+            "cls": (cell_emb,),
+            "mvc": (torch.cat([cell_emb, cond[:, 0]], dim=1), genes),
+            "dab": (cell_emb,),
+        }
 
     # ---------------------------------------------------------------- tokens
     def tokenize(
@@ -167,12 +217,12 @@ class SCGPTMultiomicModule(SCGPTModule):
         input. Pads are moved to the end of each row.
         """
         if not self.modality_sizes:
-            return super().tokenize(x, cell_keys, seed)
+            return tokenize_columns(self, x, self.gene_token_ids, cell_keys, seed, self.max_seq_len)
         blocks, start = [], 0
         for size, budget in zip(self.modality_sizes, self.modality_max_tokens):
             columns = slice(start, start + size)
-            block = self._tokenize_columns(
-                x[:, columns], self.gene_token_ids[columns], cell_keys, seed, budget + 1
+            block = tokenize_columns(
+                self, x[:, columns], self.gene_token_ids[columns], cell_keys, seed, budget + 1
             )
             index = block.gene_index[:, 1:]
             block.gene_index = torch.cat(
@@ -184,8 +234,11 @@ class SCGPTMultiomicModule(SCGPTModule):
 
     # ---------------------------------------------------------------- scvi hooks
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
-        x = torch.cat([tensors[k] for k in self.modality_keys], dim=1)
-        return super()._get_inference_input({**tensors, REGISTRY_KEYS.X_KEY: x})
+        return {
+            K.X_KEY: torch.cat([tensors[k] for k in self.modality_keys], dim=1),
+            K.BATCH_INDEX_KEY: tensors.get(REGISTRY_KEYS.BATCH_KEY),
+            K.CELL_KEYS_KEY: tensors.get(CELL_KEY),
+        }
 
     @auto_move_data
     def inference(
@@ -195,21 +248,54 @@ class SCGPTMultiomicModule(SCGPTModule):
         cell_keys: torch.Tensor | None = None,
         mask_ratio: float | None = None,
     ) -> dict[str, torch.Tensor]:
-        """:meth:`SCGPTModule.inference` plus ``mod_types`` (modality id of each position)."""
-        out = super().inference(x, batch_index, cell_keys, mask_ratio)
-        out["mod_types"] = self.modality_types(out["gene_ids"])
+        """:meth:`SCGPTModule.inference`'s outputs plus ``mod_types`` (modality id of each
+        position)."""
+        out = masked_encode(self, x, batch_index, cell_keys, mask_ratio)
+        out[K.MOD_TYPES_KEY] = self.modality_types(out[K.GENE_IDS_KEY])
         return out
+
+    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
+        keys = (K.H_KEY, K.CELL_EMB_KEY, K.GENE_EMBS_KEY, K.BATCH_INDEX_KEY, K.MOD_TYPES_KEY)
+        return {k: inference_outputs[k] for k in keys}
+
+    def generative(
+        self,
+        h: torch.Tensor,
+        cell_emb: torch.Tensor,
+        gene_embs: torch.Tensor,
+        batch_index: torch.Tensor | None = None,
+        mod_types: torch.Tensor | None = None,
+        do_mvc: bool | None = None,
+        do_sample: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """The heads' outputs (keys as :meth:`SCGPTModule.generative`), modality-conditioned."""
+        inputs = self.head_inputs(h, cell_emb, gene_embs, batch_index, mod_types)
+        return generate(self, inputs, do_mvc, do_sample)
+
+    def loss(
+        self,
+        tensors: dict[str, torch.Tensor],
+        inference_outputs: dict[str, torch.Tensor],
+        generative_outputs: dict[str, torch.Tensor],
+        **weights: float | None,
+    ) -> LossOutput:
+        """:meth:`SCGPTModule.loss`, except that each modality's MLM / MVC error is normalised
+        on its own and the modalities weigh equally (:meth:`loss_groups`)."""
+        inf = inference_outputs
+        target, mask = inf[K.TARGET_VALUES_KEY], inf[K.MLM_MASK_KEY]
+        groups = self.loss_groups(inf)
+        return family_loss(self, tensors, inf, generative_outputs, target, mask, groups, weights)
 
     def loss_groups(self, inference_outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The modality of each position: each modality's MLM / MVC error is normalised on its
         own and the modalities weigh equally, so 14 proteins beside 500 RNA tokens still count
         as much as the RNA (the original pools all positions)."""
-        return inference_outputs["mod_types"]
+        return inference_outputs[K.MOD_TYPES_KEY]
 
-    def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
-        out = super()._get_generative_input(tensors, inference_outputs)
-        out["mod_types"] = inference_outputs["mod_types"]
-        return out
+    @torch.inference_mode()
+    def embed(self, tensors: dict[str, torch.Tensor], normalize: bool = False) -> torch.Tensor:
+        """Cell embeddings ``(B, d)`` of a minibatch from all its modalities."""
+        return embed_cells(self, tensors, normalize)
 
     def forward_tokens(
         self,
@@ -218,17 +304,33 @@ class SCGPTMultiomicModule(SCGPTModule):
         padding_mask: torch.Tensor,
         batch_labels: torch.Tensor | None = None,
         mod_types: torch.Tensor | None = None,
-        **flags: bool,
+        CLS: bool = False,
+        CCE: bool = False,
+        MVC: bool = False,
+        ECS: bool = False,
+        do_sample: bool = False,
     ) -> dict[str, torch.Tensor]:
         """``MultiOmicTransformerModel.forward`` on ready-made tokens (the parity entry point).
 
-        ``mod_types`` ``(B, L)`` defaults to :meth:`modality_types` of ``gene_ids``; ``flags``
-        are ``CLS``, ``CCE``, ``MVC``, ``ECS`` as in :meth:`SCGPTModule.forward_tokens`.
+        ``mod_types`` ``(B, L)`` defaults to :meth:`modality_types` of ``gene_ids``; the flags
+        are as in :meth:`SCGPTModule.forward_tokens`.
         """
-        if mod_types is None:
+        if mod_types is None and self.use_mod:
             mod_types = self.modality_types(gene_ids)
-        return super().forward_tokens(
-            gene_ids, values, padding_mask, batch_labels, mod_types=mod_types, **flags
+        h, gene_embs = self.encode(gene_ids, values, padding_mask, batch_labels)
+        view = (gene_ids, values, padding_mask, batch_labels) if CCE else None
+        return parity_forward(
+            self,
+            h,
+            gene_embs,
+            values,
+            padding_mask,
+            lambda cell_emb: self.head_inputs(h, cell_emb, gene_embs, batch_labels, mod_types),
+            view,
+            CLS=CLS,
+            MVC=MVC,
+            ECS=ECS,
+            do_sample=do_sample,
         )
 
 

@@ -19,13 +19,15 @@ from typing import Literal
 
 import torch
 from scvi import REGISTRY_KEYS
-from scvi.module.base import LossOutput, auto_move_data
+from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 
-from ..data import keyed_uniform
-from ..nn import AffineExprDecoder, ecs_loss
-from ._constants import CELL_KEY
-from ._scgpt import SCGPTModule, _per_cell_mse, _prefixed, _regression
+from ..data import keyed_uniform, log_normalize
+from ..nn import AffineExprDecoder
+from ._common import adopt_config, draw_seed, family_loss, generate, head_spec, parity_forward
+from ._config import SCGPTConfig
+from ._constants import CELL_KEY, MODULE_KEYS, PERT_KEY
+from ._objectives import build_heads
 
 __all__ = [
     "SCGPTPerturbationModule",
@@ -33,23 +35,30 @@ __all__ = [
     "GENE_SELECTIONS",
     "COMBINATIONS",
     "check_combination",
-    "log_normalize",
 ]
 
-#: Registry key of the perturbation condition codes.
-PERT_KEY = "perturbation"
 GENE_SELECTIONS = ("all", "batch-wise")
 #: How a perturbation's prediction is formed (see :class:`SCGPTPerturbationModule`).
 Combination = Literal["direct", "additive_interaction"]
 COMBINATIONS: tuple[str, ...] = ("direct", "additive_interaction")
 #: keyed_uniform stream of the control pairing (tokeniser streams use 1-3).
 STREAM_PAIR = 4
+#: The generator's defaults where they differ from :class:`~scgpt_scvi.module.SCGPTConfig`'s:
+#: raw (log-normalised) values, pad value 0 (also the ``<cls>`` value), SDPA attention.
+PERTURBATION_DEFAULTS = {"pad_value": 0.0, "n_bins": None, "attention_backend": "sdpa"}
+#: Options of the family the generator has no part for (scGPT's has no batch, DSBN or DAB).
+_UNSUPPORTED = ("do_dab", "use_batch_labels", "domain_spec_batchnorm", "input_emb_style")
+K = MODULE_KEYS
 
 
-def log_normalize(x: torch.Tensor, target_sum: float = 1e4) -> torch.Tensor:
-    """``log1p`` of counts scaled to ``target_sum`` per cell (all-zero cells stay zero)."""
-    total = x.sum(1, keepdim=True)
-    return torch.log1p(x * (target_sum / total.clamp(min=1e-12)))
+def _affine_decoder(spec) -> AffineExprDecoder:
+    """scGPT's generator decodes with ``coeff * value + bias`` instead of an MLP."""
+    return AffineExprDecoder(
+        spec.d_model,
+        explicit_zero_prob=spec.explicit_zero_prob,
+        activation=spec.extra["decoder_activation"],
+        adaptive_bias=spec.extra["decoder_adaptive_bias"],
+    )
 
 
 def check_combination(combination: str) -> None:
@@ -59,16 +68,17 @@ def check_combination(combination: str) -> None:
         raise ValueError(f"Unknown combination {combination!r}; choose one of {COMBINATIONS}.")
 
 
-class SCGPTPerturbationModule(SCGPTModule):
+class SCGPTPerturbationModule(BaseModuleClass):
     """scGPT's ``TransformerGenerator``: control expression + perturbation flags -> expression.
 
-    Shares ``encoder``, ``value_encoder`` (continuous), ``transformer_encoder``, ``cls_decoder``
-    and ``mvc_decoder`` with :class:`~scgpt_scvi.module.SCGPTModule`; adds ``pert_encoder``
+    Shares the backbone (:class:`~scgpt_scvi.nn.TokenBackbone`: ``encoder``, ``value_encoder``
+    (continuous), ``transformer_encoder``), ``cls_decoder`` and ``mvc_decoder`` with
+    :class:`~scgpt_scvi.module.SCGPTModule`; adds ``pert_encoder``
     (``nn.Embedding(3, d_model, padding_idx=pert_pad_id)``: 0 not perturbed, 1 perturbed,
     ``pert_pad_id`` pad) and replaces ``decoder`` by
     :class:`~scgpt_scvi.nn.AffineExprDecoder` (``decoder.coeff_decoder``,
     ``decoder.bias_decoder``). Parameter names follow the original, so its state dicts load
-    after :func:`scgpt_scvi._checkpoint.to_torch_layout`.
+    after :func:`scgpt_scvi.checkpoint.to_torch_layout`.
 
     Parameters
     ----------
@@ -125,7 +135,7 @@ class SCGPTPerturbationModule(SCGPTModule):
     single_deltas
         ``(K, n_vars)`` mean log1p-normalised expression of each of those genes' single-gene
         cells minus the control mean (as
-        :func:`scgpt_scvi.perturbation_metrics.single_gene_deltas` gives).
+        :func:`scgpt_scvi.metrics.single_gene_deltas` gives).
 
     Examples
     --------
@@ -137,41 +147,29 @@ class SCGPTPerturbationModule(SCGPTModule):
     >>> model.module  # SCGPTPerturbationModule
     """
 
+    #: Objectives (entries of :data:`~scgpt_scvi.module.OBJECTIVES`) this module trains (the
+    #: CLS head is built, as the original's, but has no labels to train on here).
+    OBJECTIVE_NAMES = ("mlm", "cls", "mvc", "ecs")
+
     def __init__(
         self,
         ntoken: int,
-        d_model: int = 512,
-        nhead: int = 8,
-        d_hid: int = 512,
-        nlayers: int = 12,
-        nlayers_cls: int = 3,
-        n_cls: int = 1,
-        dropout: float = 0.2,
-        pad_id: int = 0,
-        cls_id: int = 1,
-        pad_value: float = 0.0,
         pert_pad_id: int = 2,
-        do_mvc: bool = False,
-        mvc_decoder_style: str = "inner product",
-        cell_emb_style: str = "cls",
         decoder_activation: str | None = None,
         decoder_adaptive_bias: bool = False,
-        ecs_threshold: float = 0.3,
-        explicit_zero_prob: bool = False,
-        pre_norm: bool = False,
-        attention_backend: str = "sdpa",
         gene_token_ids: torch.Tensor | None = None,
         condition_targets: torch.Tensor | None = None,
         control_x: torch.Tensor | None = None,
         normalize_counts: bool = False,
         gene_selection: str = "batch-wise",
-        seed: int = 0,
         combination: Combination = "direct",
         single_targets: torch.Tensor | None = None,
         single_deltas: torch.Tensor | None = None,
+        **options,
     ):
+        super().__init__()
         check_combination(combination)
-        if combination == "additive_interaction" and explicit_zero_prob:
+        if combination == "additive_interaction" and options.get("explicit_zero_prob"):
             raise ValueError(
                 "combination='additive_interaction' predicts a residual over the additive "
                 "expectation, which has no P(non-zero); use explicit_zero_prob=False."
@@ -182,41 +180,21 @@ class SCGPTPerturbationModule(SCGPTModule):
             )
         if pert_pad_id not in (0, 1, 2):
             raise ValueError(f"pert_pad_id must be 0, 1 or 2; got {pert_pad_id}.")
-        super().__init__(
-            ntoken,
-            d_model=d_model,
-            nhead=nhead,
-            d_hid=d_hid,
-            nlayers=nlayers,
-            nlayers_cls=nlayers_cls,
-            n_cls=n_cls,
-            dropout=dropout,
-            pad_id=pad_id,
-            cls_id=cls_id,
-            pad_value=pad_value,
-            do_mvc=do_mvc,
-            input_emb_style="continuous",
-            cell_emb_style=cell_emb_style,
-            mvc_decoder_style=mvc_decoder_style,
-            ecs_threshold=ecs_threshold,
-            explicit_zero_prob=explicit_zero_prob,
-            pre_norm=pre_norm,
-            attention_backend=attention_backend,
-            gene_token_ids=gene_token_ids,
-            n_bins=None,
-            cls_value=pad_value,
-            seed=seed,
+        unsupported = sorted(set(options) & set(_UNSUPPORTED))
+        if unsupported:
+            raise TypeError(f"The perturbation model has no {unsupported} option.")
+        defaults = {**PERTURBATION_DEFAULTS, "cls_value": options.get("pad_value", 0.0)}
+        config = SCGPTConfig.from_options({"ntoken": ntoken, **options}, **defaults)
+        adopt_config(self, config, gene_token_ids)
+        spec = head_spec(config, cond_width=0)
+        spec.extra.update(
+            decoder_activation=decoder_activation, decoder_adaptive_bias=decoder_adaptive_bias
         )
+        build_heads(self, self.OBJECTIVE_NAMES, spec, vars(config), {"mlm": _affine_decoder})
         self.pert_pad_id, self.gene_selection = pert_pad_id, gene_selection
         self.normalize_counts = normalize_counts
-        self.pert_encoder = nn.Embedding(3, d_model, padding_idx=pert_pad_id)
-        # scGPT's generator decodes with coeff * value + bias instead of TransformerModel's MLP.
-        self.decoder = AffineExprDecoder(
-            d_model,
-            explicit_zero_prob=explicit_zero_prob,
-            activation=decoder_activation,
-            adaptive_bias=decoder_adaptive_bias,
-        )
+        self.pert_encoder = nn.Embedding(3, config.d_model, padding_idx=pert_pad_id)
+        self.backbone.reset_gene_embedding()
         if condition_targets is None:
             condition_targets = torch.full((0, 1), -1, dtype=torch.long)
         if control_x is None:
@@ -276,7 +254,7 @@ class SCGPTPerturbationModule(SCGPTModule):
         n = self.control_x.shape[0]
         if n == 0:
             raise ValueError("The module has no control cells to pair with.")
-        seed = self._draw_seed() if seed is None else seed
+        seed = draw_seed(self) if seed is None else seed
         zero = torch.zeros(1, dtype=torch.long, device=cell_keys.device)
         u = keyed_uniform(seed, cell_keys, zero, STREAM_PAIR)[:, 0]
         return (u * n).long().clamp(max=n - 1)
@@ -344,7 +322,9 @@ class SCGPTPerturbationModule(SCGPTModule):
         padding_mask: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Gene + value + perturbation-flag embeddings -> transformer states and gene embeddings."""
-        return self.encode(gene_ids, values, padding_mask, extra_embs=self.pert_encoder(pert_flags))
+        return self.backbone(
+            gene_ids, values, padding_mask, extra_embs=self.pert_encoder(pert_flags)
+        )
 
     # ---------------------------------------------------------------- scvi hooks
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
@@ -403,7 +383,7 @@ class SCGPTPerturbationModule(SCGPTModule):
         h, gene_embs = self.encode_tokens(**tok)
         out = {
             "h": h,
-            "cell_emb": self.cell_embedding(h, tok["values"], tok["padding_mask"]),
+            "cell_emb": self.backbone.pool(h, tok["values"], tok["padding_mask"]),
             "gene_embs": gene_embs,
             "columns": columns,
             "x_in": x_in,
@@ -420,6 +400,13 @@ class SCGPTPerturbationModule(SCGPTModule):
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
         return {k: inference_outputs[k] for k in ("h", "cell_emb", "gene_embs", "values")}
 
+    def head_inputs(
+        self, h: torch.Tensor, cell_emb: torch.Tensor, gene_embs: torch.Tensor, values: torch.Tensor
+    ) -> dict[str, tuple]:
+        """Arguments of each head: the affine expression head reads the states and the input
+        values."""
+        return {"mlm": (h, values), "cls": (cell_emb,), "mvc": (cell_emb, gene_embs)}
+
     def generative(
         self,
         h: torch.Tensor,
@@ -427,23 +414,18 @@ class SCGPTPerturbationModule(SCGPTModule):
         gene_embs: torch.Tensor,
         values: torch.Tensor,
         do_mvc: bool | None = None,
+        do_sample: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Heads: ``mlm_output`` (affine, + ``mlm_nonzero_prob``), ``cls_output``,
         ``mvc_output`` (+ ``mvc_nonzero_prob``) as the module has them."""
-        out = _prefixed("mlm", self.decoder(h, values))
-        out["cls_output"] = self.cls_decoder(cell_emb)
-        if self.do_mvc and do_mvc is not False:
-            out.update(_prefixed("mvc", self.mvc_decoder(cell_emb, gene_embs)))
-        return out
+        return generate(self, self.head_inputs(h, cell_emb, gene_embs, values), do_mvc, do_sample)
 
     def loss(
         self,
         tensors: dict[str, torch.Tensor],
         inference_outputs: dict[str, torch.Tensor],
         generative_outputs: dict[str, torch.Tensor],
-        mlm_weight: float = 1.0,
-        mvc_weight: float | None = None,
-        ecs_weight: float = 0.0,
+        **weights: float | None,
     ) -> LossOutput:
         """MSE of the predicted against the perturbed cell's expression on the fed genes.
 
@@ -451,27 +433,16 @@ class SCGPTPerturbationModule(SCGPTModule):
         (expression minus the additive expectation).
 
         Plus the P(non-zero) NLL with ``explicit_zero_prob``, the MVC term (weight 1 by default
-        with ``do_mvc``) and ECS (``ecs_weight``). Weights reach here through ``plan_kwargs``.
+        with ``do_mvc``) and ECS (``ecs_weight``, default 0); on the one scale of
+        :meth:`SCGPTModule.loss`. Weights (``mlm_weight``, ``mvc_weight``, ``ecs_weight``)
+        reach here through ``plan_kwargs``.
         """
         inf = inference_outputs
-        n_cols = inf["columns"].numel()
+        n_cols = inf[K.COLUMNS_KEY].numel()
         gen = {k: v[:, 1 : 1 + n_cols] for k, v in generative_outputs.items() if v.dim() == 2}
-        target = inf["target_values"]
+        target = inf[K.TARGET_VALUES_KEY]
         mask = torch.ones_like(target, dtype=torch.bool)
-        terms = {"mlm": _regression(gen, "mlm", target, mask)}
-        weights = {"mlm": mlm_weight}
-        if "mvc_output" in gen:
-            terms["mvc"] = _regression(gen, "mvc", target, mask)
-            weights["mvc"] = 1.0 if mvc_weight is None else mvc_weight
-        if ecs_weight > 0:
-            terms["ecs"] = ecs_loss(inf["cell_emb"], self.ecs_threshold)
-            weights["ecs"] = ecs_weight
-        return LossOutput(
-            loss=sum(weights[k] * v for k, v in terms.items()),
-            reconstruction_loss=_per_cell_mse(gen["mlm_output"], target, mask),
-            n_obs_minibatch=target.shape[0],
-            extra_metrics={f"loss_{k}": v.detach() for k, v in terms.items()},
-        )
+        return family_loss(self, tensors, inf, gen, target, mask, None, weights)
 
     # ---------------------------------------------------------------- prediction
     @torch.inference_mode()
@@ -514,22 +485,26 @@ class SCGPTPerturbationModule(SCGPTModule):
         CLS: bool = False,
         MVC: bool = False,
         ECS: bool = False,
+        do_sample: bool = False,
     ) -> dict[str, torch.Tensor]:
         """scGPT's ``TransformerGenerator.forward`` on ready-made tokens (parity entry point).
 
-        Returns ``mlm_output`` (+ ``mlm_nonzero_prob``, never sampled), ``cell_emb`` (which the
-        original does not return), and ``cls_output``, ``mvc_output``, ``loss_ecs`` on request.
-        With ``combination="additive_interaction"`` ``mlm_output`` is the residual.
+        Returns ``mlm_output`` (+ ``mlm_nonzero_prob``; sampled only with ``do_sample``, which
+        the original forces in eval mode), ``cell_emb`` (which the original does not return),
+        and ``cls_output``, ``mvc_output``, ``loss_ecs`` on request. With
+        ``combination="additive_interaction"`` ``mlm_output`` is the residual.
         """
         h, gene_embs = self.encode_tokens(gene_ids, values, input_pert_flags, padding_mask)
-        cell_emb = self.cell_embedding(h, values, padding_mask)
-        gen = self.generative(h, cell_emb, gene_embs, values, do_mvc=MVC)
-        out = {"cell_emb": cell_emb, "mlm_output": gen["mlm_output"]}
-        for k in ("mlm_nonzero_prob", "mvc_output", "mvc_nonzero_prob"):
-            if k in gen:
-                out[k] = gen[k]
-        if CLS:
-            out["cls_output"] = gen["cls_output"]
-        if ECS:
-            out["loss_ecs"] = ecs_loss(cell_emb, self.ecs_threshold)
-        return out
+        return parity_forward(
+            self,
+            h,
+            gene_embs,
+            values,
+            padding_mask,
+            lambda cell_emb: self.head_inputs(h, cell_emb, gene_embs, values),
+            None,
+            CLS=CLS,
+            MVC=MVC,
+            ECS=ECS,
+            do_sample=do_sample,
+        )

@@ -5,6 +5,7 @@ from ._attention_weights import (
     capture_layer_input,
     layer_attention_weights,
 )
+from ._backbone import CELL_EMB_STYLES, DSBN_CHOICES, TokenBackbone, pool_cells
 from ._batchnorm import DomainSpecificBatchNorm1d, TokenBatchNorm1d
 from ._decoders import (
     MVC_DECODER_STYLES,
@@ -45,6 +46,10 @@ from ._transformer import (
 )
 
 __all__ = [
+    "CELL_EMB_STYLES",
+    "DSBN_CHOICES",
+    "TokenBackbone",
+    "pool_cells",
     "ATTENTION_BACKENDS",
     "PRECISIONS",
     "QUANTIZE_MODES",

@@ -1,0 +1,213 @@
+"""Steps every scGPT-family module composes: configuration, tokens, masking, heads and loss."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import torch
+from scvi.module.base import LossOutput
+from torch import nn
+
+from ..data import TokenizedBatch, mask_values, tokenize
+from ..nn import TokenBackbone
+from ._config import SCGPTConfig
+from ._constants import MODULE_KEYS
+from ._objectives import HeadSpec, LossContext, per_cell_mse, run_heads, weighted_loss
+
+__all__ = [
+    "adopt_config",
+    "draw_seed",
+    "embed_cells",
+    "family_loss",
+    "generate",
+    "head_spec",
+    "masked_encode",
+    "parity_forward",
+    "tokenize_columns",
+]
+
+K = MODULE_KEYS
+
+
+def adopt_config(module: nn.Module, config: SCGPTConfig, gene_token_ids) -> None:
+    """Give ``module`` its configuration (``module.config`` and each option as an attribute),
+    training counters, the mounted :class:`~scgpt_scvi.nn.TokenBackbone` and the
+    ``gene_token_ids`` buffer (``(n_vars,)`` vocabulary id of each input column, -1: none)."""
+    module.config = config
+    for f in dataclasses.fields(config):
+        setattr(module, f.name, getattr(config, f.name))
+    #: Incremented by the training plan each epoch so masking and sampling are redrawn.
+    module.epoch = 0
+    #: Mask in eval mode too: the training plan sets it while validating, so the validation
+    #: loss scores MLM (with masks keyed on the cell and fixed across epochs).
+    module.mask_in_eval = False
+    TokenBackbone(**config.backbone_kwargs()).mount(module)
+    if gene_token_ids is None:
+        gene_token_ids = torch.zeros(0, dtype=torch.long)
+    module.register_buffer("gene_token_ids", torch.as_tensor(gene_token_ids, dtype=torch.long))
+
+
+def head_spec(config: SCGPTConfig, cond_width: int) -> HeadSpec:
+    """:class:`~scgpt_scvi.module.HeadSpec` of a config whose decoders are conditioned on
+    ``cond_width`` extra features."""
+    return HeadSpec(
+        d_model=config.d_model,
+        explicit_zero_prob=config.explicit_zero_prob,
+        cond_width=cond_width,
+        n_cls=config.n_cls,
+        nlayers_cls=config.nlayers_cls,
+        mvc_decoder_style=config.mvc_decoder_style,
+        num_batch_labels=config.num_batch_labels,
+        dab_nlayers=config.dab_nlayers,
+        dab_reverse_grad=config.dab_reverse_grad,
+        dab_lambd=config.dab_lambd,
+    )
+
+
+def draw_seed(module: nn.Module) -> int:
+    """The tokeniser's seed: redrawn each training epoch, fixed in eval."""
+    return module.seed + 1_000_003 * (module.epoch + 1) if module.training else module.seed
+
+
+def tokenize_columns(
+    module: nn.Module,
+    x: torch.Tensor,
+    token_ids: torch.Tensor,
+    cell_keys: torch.Tensor | None,
+    seed: int | None,
+    max_seq_len: int,
+) -> TokenizedBatch:
+    """:func:`~scgpt_scvi.data.tokenize` of columns ``x`` with vocabulary ids ``token_ids``
+    and the module's binning, padding and ``<cls>`` settings."""
+    if cell_keys is None:
+        cell_keys = torch.arange(x.shape[0], device=x.device)
+    return tokenize(
+        x,
+        token_ids,
+        cell_keys.reshape(-1),
+        max_seq_len=max_seq_len,
+        cls_id=module.cls_id,
+        pad_id=module.pad_id,
+        n_bins=module.n_bins,
+        include_zero_genes=module.include_zero_genes,
+        cls_value=module.cls_value,
+        pad_value=module.pad_value,
+        seed=module.seed if seed is None else seed,
+    )
+
+
+def masked_encode(
+    module: nn.Module,
+    x: torch.Tensor,
+    batch_index: torch.Tensor | None,
+    cell_keys: torch.Tensor | None,
+    mask_ratio: float | None,
+) -> dict[str, torch.Tensor]:
+    """Tokenise (``module.tokenize``), mask (training, or ``mask_in_eval``), encode
+    (``module.encode``) and pool: the inference outputs of the masked-value models."""
+    if cell_keys is None:
+        cell_keys = torch.arange(x.shape[0], device=x.device)
+    cell_keys = cell_keys.reshape(-1).long()
+    seed = draw_seed(module)
+    tokens = module.tokenize(x, cell_keys, seed)
+    if mask_ratio is None:
+        mask_ratio = module.mask_ratio if module.training or module.mask_in_eval else 0.0
+    mlm_mask = mask_values(tokens, cell_keys, mask_ratio, module.mask_value, seed)
+    values = tokens.values.masked_fill(mlm_mask, module.mask_value)
+    h, gene_embs = module.encode(tokens.gene_ids, values, tokens.padding_mask, batch_index)
+    return {
+        K.H_KEY: h,
+        K.CELL_EMB_KEY: module.backbone.pool(h, values, tokens.padding_mask),
+        K.GENE_EMBS_KEY: gene_embs,
+        K.GENE_IDS_KEY: tokens.gene_ids,
+        K.VALUES_KEY: values,
+        K.TARGET_VALUES_KEY: tokens.values,
+        K.PADDING_MASK_KEY: tokens.padding_mask,
+        K.MLM_MASK_KEY: mlm_mask,
+        K.BATCH_INDEX_KEY: batch_index,
+    }
+
+
+def embed_cells(
+    module: nn.Module, tensors: Mapping[str, torch.Tensor], normalize: bool = False
+) -> torch.Tensor:
+    """``(B, d)`` cell embeddings of a minibatch in the module's current mode (eval: unmasked),
+    L2-normalised with ``normalize`` (what ``scgpt.tasks.embed_data`` returns)."""
+    cell_emb = module.inference(**module._get_inference_input(tensors))[K.CELL_EMB_KEY]
+    return torch.nn.functional.normalize(cell_emb, p=2, dim=1, eps=1e-12) if normalize else cell_emb
+
+
+def generate(
+    module: nn.Module,
+    head_inputs: Mapping[str, tuple],
+    do_mvc: bool | None = None,
+    do_sample: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The module's head outputs (:func:`~scgpt_scvi.module.run_heads`); ``do_mvc=False``
+    skips MVC. ``do_sample`` (scGPT's): with ``explicit_zero_prob`` each ``*_output`` is
+    multiplied by a Bernoulli sample of its non-zero probability."""
+    out = run_heads(
+        module, module.OBJECTIVE_NAMES, head_inputs, () if do_mvc is not False else ("mvc",)
+    )
+    if do_sample:
+        for name in ("mlm", "mvc"):
+            if f"{name}_nonzero_prob" in out:
+                keep = torch.bernoulli(out[f"{name}_nonzero_prob"])
+                out[f"{name}_output"] = keep * out[f"{name}_output"]
+    return out
+
+
+def family_loss(
+    module: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    inf: Mapping[str, torch.Tensor],
+    gen: Mapping[str, torch.Tensor],
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    groups: torch.Tensor | None,
+    weights: Mapping[str, float | None],
+) -> LossOutput:
+    """``LossOutput`` of the module's objectives (:func:`~scgpt_scvi.module.weighted_loss`),
+    every term logged as ``loss_{name}``; the reconstruction loss is the per-cell MLM MSE."""
+    ctx = LossContext(module, tensors, inf, gen, target, mask, groups)
+    total, terms = weighted_loss(ctx, module.OBJECTIVE_NAMES, weights)
+    return LossOutput(
+        loss=total,
+        reconstruction_loss=per_cell_mse(gen[K.MLM_OUTPUT_KEY], target, mask),
+        n_obs_minibatch=target.shape[0],
+        extra_metrics={f"loss_{k}": v.detach() for k, v in terms.items()},
+    )
+
+
+def parity_forward(
+    module: nn.Module,
+    h: torch.Tensor,
+    gene_embs: torch.Tensor,
+    values: torch.Tensor,
+    padding_mask: torch.Tensor,
+    head_inputs: Mapping[str, tuple],
+    second_view: tuple | None,
+    CLS: bool = False,
+    MVC: bool = False,
+    ECS: bool = False,
+    do_sample: bool = False,
+    keys: Sequence[str] = (K.MLM_NONZERO_PROB_KEY, K.MVC_OUTPUT_KEY, K.MVC_NONZERO_PROB_KEY),
+) -> dict[str, torch.Tensor]:
+    """scGPT's ``forward`` outputs from encoded tokens: ``cell_emb``, ``mlm_output`` and the
+    ``keys`` the heads give, ``cls_output`` (``CLS``), ``loss_cce`` (``second_view``: the
+    encoder arguments of a second pass), ``loss_ecs`` (``ECS``)."""
+    from ..nn import cce_loss, ecs_loss
+
+    cell_emb = module.backbone.pool(h, values, padding_mask)
+    gen = generate(module, head_inputs(cell_emb), do_mvc=MVC, do_sample=do_sample)
+    out = {K.CELL_EMB_KEY: cell_emb, K.MLM_OUTPUT_KEY: gen[K.MLM_OUTPUT_KEY]}
+    out.update({k: gen[k] for k in (*keys, K.DAB_OUTPUT_KEY) if k in gen})
+    if CLS:
+        out[K.CLS_OUTPUT_KEY] = gen[K.CLS_OUTPUT_KEY]
+    if second_view is not None:
+        h2, _ = module.encode(*second_view)
+        out["loss_cce"] = cce_loss(cell_emb, module.backbone.pool(h2, values, padding_mask))
+    if ECS:
+        out["loss_ecs"] = ecs_loss(cell_emb, module.ecs_threshold)
+    return out
