@@ -368,7 +368,7 @@ def test_protein_only_trains_and_embeds():
     assert z.shape == (12, 16) and np.isfinite(z).all()
 
 
-def test_from_pretrained_rna_initialises_shared_parts(fixtures_dir):
+def test_from_pretrained_initialises_shared_parts(fixtures_dir):
     folder = fixtures_dir / "scgpt_pretrained_layout"
     if not folder.is_dir():
         pytest.skip(f"{folder} not found")
@@ -376,7 +376,10 @@ def test_from_pretrained_rna_initialises_shared_parts(fixtures_dir):
     genes = [t for t in vocab if not t.startswith("<")][:50]
     mdata = _mdata(genes, ("CD3", "CD19"), n_cells=6)
     _setup(mdata)
-    model = SCGPTMultiomic.from_pretrained_rna(mdata, folder, max_tokens_per_modality=20)
+    model = SCGPTMultiomic.from_pretrained(folder, mdata, max_tokens_per_modality=20)
+    with pytest.warns(DeprecationWarning, match="from_pretrained_rna"):
+        old = SCGPTMultiomic.from_pretrained_rna(mdata, folder, max_tokens_per_modality=20)
+    assert old.pretrained_report_ == model.pretrained_report_
     sd = to_torch_layout(torch.load(folder / "best_model.pt", weights_only=True))
     own = model.module.state_dict()
     attn = "transformer_encoder.layers.0.self_attn.in_proj_weight"

@@ -315,7 +315,7 @@ def test_from_pretrained_loads_shared_parts(fixtures_dir):
     targets = (list(vocab)[20], list(vocab)[30])  # in the checkpoint vocabulary, not measured
     adata = _pbmc_adata(fixtures_dir, targets)
     SCGPTPerturbation.setup_anndata(adata, "cond")
-    model = SCGPTPerturbation.from_pretrained(adata, folder)
+    model = SCGPTPerturbation.from_pretrained(folder, adata)
     assert model.vocab_ == vocab
     assert model.module.d_model == 64
     sd = to_torch_layout(torch.load(folder / "best_model.pt", weights_only=True))
@@ -329,13 +329,22 @@ def test_from_pretrained_loads_shared_parts(fixtures_dir):
     assert not torch.equal(own["pert_encoder.weight"], sd["pert_encoder.weight"])
     pred = model.predict_perturbation([f"{targets[1]}+{targets[0]}"], n_control_cells=4)
     assert pred.obs_names.tolist() == [f"{targets[1]}+{targets[0]}"]
+    # the old argument order warns and builds the same model
+    with pytest.warns(DeprecationWarning, match=r"from_pretrained\(model_dir, data\)"):
+        torch.manual_seed(0)
+        old = SCGPTPerturbation.from_pretrained(adata, folder)
+    with pytest.warns(DeprecationWarning, match="pretrained_dir"):
+        keyword = SCGPTPerturbation.from_pretrained(adata, pretrained_dir=folder)
+    for other in (old, keyword):
+        for key in ("encoder.embedding.weight", "transformer_encoder.layers.0.linear1.weight"):
+            assert torch.equal(other.module.state_dict()[key], own[key])
 
 
 def test_from_pretrained_needs_targets_in_vocab(fixtures_dir):
     adata = _pbmc_adata(fixtures_dir, ("NOT_IN_VOCAB", "ALSO_NOT"))
     SCGPTPerturbation.setup_anndata(adata, "cond")
     with pytest.raises(ValueError, match="NOT_IN_VOCAB"):
-        SCGPTPerturbation.from_pretrained(adata, fixtures_dir / "generator")
+        SCGPTPerturbation.from_pretrained(fixtures_dir / "generator", adata)
 
 
 def test_mvc_zero_prob_options_train_and_predict():

@@ -68,7 +68,7 @@ def test_bucketing_gives_identical_embeddings_in_the_asked_order(model):
     lengths = model._token_lengths(adata, indices)
     assert lengths.min() < 5 and lengths.max() > 40  # the batches really are ragged
     plain = model._collect(
-        lambda t: model._inference(t)["cell_emb"], adata, indices, 16, bucket=False
+        lambda t: model.module.embed(t), adata, indices, 16, bucket=False
     )
     bucketed = model.get_latent_representation(indices=indices, batch_size=16)
     np.testing.assert_allclose(bucketed, plain, rtol=0, atol=2e-6)
@@ -146,3 +146,17 @@ def test_from_pretrained_quantize(model, tmp_path):
     assert _cosine(z8, z32).min() >= 0.99
     with pytest.raises(ValueError, match="Unknown quantize 'int4'"):
         SCGPT.from_pretrained(tmp_path / "ckpt", adata, quantize="int4")
+
+
+def test_the_family_shares_one_from_pretrained():
+    """One ``from_pretrained(model_dir, data, quantize=None, **overrides)`` for the three."""
+    import inspect
+
+    from scgpt_scvi import SCGPT, SCGPTMultiomic, SCGPTPerturbation
+
+    funcs = {cls.from_pretrained.__func__ for cls in (SCGPT, SCGPTMultiomic, SCGPTPerturbation)}
+    assert len(funcs) == 1
+    params = list(inspect.signature(SCGPT.from_pretrained).parameters)
+    assert params == ["model_dir", "data", "quantize", "overrides"]
+    with pytest.raises(TypeError, match="needs data"):
+        SCGPTPerturbation.from_pretrained("some_folder")

@@ -207,22 +207,29 @@ def test_true_perturbation_ranks_first(trained, observed, metric):
 
 
 def test_direct_model_learns_to_rank_the_planted_perturbation():
-    """Without the additive prior, a trained "direct" model still ranks each planted single
-    first or second of five candidates (all four there by chance: 0.4**4 = 0.026)."""
-    model = _model("direct")
-    model.train(
-        max_epochs=60,
-        batch_size=32,
-        train_size=1.0,
-        early_stopping=False,
-        enable_progress_bar=False,
-        plan_kwargs={"lr": 3e-3},
-    )
+    """Without the additive prior, trained "direct" models rank each planted single high among
+    five candidates: over two initialisations, the true single's mean rank is at most 2 (by
+    chance it is 3, with standard deviation 0.5 over the eight ranks)."""
     fresh = make_adata([c for c in TARGETS for _ in range(10)], seed=2)
-    ranks = {}
-    for single in TARGETS:
-        got = model.rank_perturbations(
-            fresh[fresh.obs["cond"] == single], candidates=TARGETS + ["TA+TC"], n_control_cells=20
+    ranks = []
+    for seed in (0, 1):
+        adata = make_adata(TRAIN)
+        SCGPTPerturbation.setup_anndata(adata, "cond")
+        torch.manual_seed(seed)
+        model = SCGPTPerturbation(adata, combination="direct", **SMALL)
+        model.train(
+            max_epochs=60,
+            batch_size=32,
+            train_size=1.0,
+            early_stopping=False,
+            enable_progress_bar=False,
+            plan_kwargs={"lr": 3e-3},
         )
-        ranks[single] = int(got.loc[got["perturbation"] == single, "rank"].iloc[0])
-    assert max(ranks.values()) <= 2, ranks
+        for single in TARGETS:
+            got = model.rank_perturbations(
+                fresh[fresh.obs["cond"] == single],
+                candidates=TARGETS + ["TA+TC"],
+                n_control_cells=20,
+            )
+            ranks.append(int(got.loc[got["perturbation"] == single, "rank"].iloc[0]))
+    assert np.mean(ranks) <= 2, ranks

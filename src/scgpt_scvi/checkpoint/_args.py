@@ -5,39 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..module import args_keys
 from ._io import ARGS_FILE
 
 __all__ = ["ARGS_TO_KWARGS", "ESSENTIAL_ARGS", "args_to_kwargs", "kwargs_to_args"]
 
 #: ``args.json`` keys without which the architecture is unknown.
 ESSENTIAL_ARGS = ("embsize", "nheads", "d_hid", "nlayers")
-#: ``args.json`` key (released names, then the names the tutorials/fixtures add) -> our keyword.
-ARGS_TO_KWARGS = {
-    "embsize": "d_model",
-    "nheads": "nhead",
-    "d_hid": "d_hid",
-    "nlayers": "nlayers",
-    "n_layers_cls": "nlayers_cls",
-    "dropout": "dropout",
-    "pad_value": "pad_value",
-    "mask_value": "mask_value",
-    "input_emb_style": "input_emb_style",
-    "n_bins": "n_bins",
-    "max_seq_len": "max_seq_len",
-    "MVC": "do_mvc",
-    "DSBN": "domain_spec_batchnorm",
-    "DAB": "do_dab",
-    "ecs_thres": "ecs_threshold",
-    "explicit_zero_prob": "explicit_zero_prob",
-    "n_cls": "n_cls",
-    "use_batch_labels": "use_batch_labels",
-    "num_batch_labels": "num_batch_labels",
-    "n_input_bins": "n_input_bins",
-    "cell_emb_style": "cell_emb_style",
-    "mvc_decoder_style": "mvc_decoder_style",
-    "pre_norm": "pre_norm",
-    "cls_value": "cls_value",
-}
+#: ``args.json`` key (released names, and the names the tutorials/fixtures add) -> our keyword:
+#: the ``args`` metadata of :class:`~scgpt_scvi.module.SCGPTConfig`'s fields.
+ARGS_TO_KWARGS = args_keys()
 
 
 def args_to_kwargs(args: Mapping[str, Any], source: str = ARGS_FILE) -> dict:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..data import GeneVocab
+from ..module import CHECKPOINT_HEAD_GROUPS
 from ._io import VOCAB_FILE, read_state_dict
 from ._layout import LOCAL_ONLY_KEYS, SHARED_PREFIXES, to_torch_layout
 
@@ -26,23 +27,8 @@ __all__ = [
     "state_options",
 ]
 
-#: Architecture option -> the state-dict prefixes (or exact keys) that change with it. When a
-#: model differs from its checkpoint in one of these, the listed tensors are new heads to train.
-_HEAD_GROUPS = {
-    "n_cls": ("cls_decoder.",),
-    "num_batch_labels": ("batch_encoder.", "dsbn.", "grad_reverse_discriminator."),
-    "use_batch_labels": (
-        "batch_encoder.",
-        "decoder.fc.0.weight",
-        "decoder.zero_logit.0.weight",
-        "mvc_decoder.W.weight",
-        "mvc_decoder.W_zero_logit.weight",
-    ),
-    "domain_spec_batchnorm": ("dsbn.", "bn."),
-    "do_dab": ("grad_reverse_discriminator.",),
-    "explicit_zero_prob": ("decoder.zero_logit.", "mvc_decoder.W_zero_logit."),
-    "do_mvc": ("mvc_decoder.",),
-}
+#: Option -> the head tensors it changes: the table beside the module that names them.
+_HEAD_GROUPS = CHECKPOINT_HEAD_GROUPS
 
 
 # ---------------------------------------------------------------------- strict loading

@@ -47,6 +47,7 @@ class SCGPTAnalysisMixin:
             adata=adata, indices=rows, batch_size=batch_size or 64, shuffle=False
         )
         module = self.module
+        token_ids = self._token_ids_of(adata)
         was_training = module.training
         module.eval()
         try:
@@ -59,7 +60,7 @@ class SCGPTAnalysisMixin:
                 batch_index = inp["batch_index"]
                 if batch_index is not None:
                     batch_index = batch_index.to(module.device)
-                tokens = module.tokenize(x, keys, module._draw_seed())
+                tokens = module.tokenize(x, keys, module._draw_seed(), token_ids)
                 with capture_layer_input(block) as seen:
                     module.encode(tokens.gene_ids, tokens.values, tokens.padding_mask, batch_index)
                 weights = layer_attention_weights(
@@ -109,17 +110,14 @@ class SCGPTAnalysisMixin:
         names = np.asarray(self._gene_names(adata_), dtype=object)
         obs_names = adata_.obs_names
         out: dict[str, pd.DataFrame] = {}
-        with self._genes_of(adata):
-            for rows, weights, gene_index in self._iter_attention(
-                adata, indices, layer, batch_size
-            ):
-                for b, row in enumerate(rows):
-                    cols = gene_index[b].numpy()
-                    real = np.flatnonzero(cols >= 0)
-                    keep = np.concatenate([[0], real])
-                    labels = [CLS_TOKEN, *names[cols[real]]]
-                    w = weights[b][keep][:, keep].numpy()
-                    out[str(obs_names[row])] = pd.DataFrame(w, index=labels, columns=labels)
+        for rows, weights, gene_index in self._iter_attention(adata, indices, layer, batch_size):
+            for b, row in enumerate(rows):
+                cols = gene_index[b].numpy()
+                real = np.flatnonzero(cols >= 0)
+                keep = np.concatenate([[0], real])
+                labels = [CLS_TOKEN, *names[cols[real]]]
+                w = weights[b][keep][:, keep].numpy()
+                out[str(obs_names[row])] = pd.DataFrame(w, index=labels, columns=labels)
         return out
 
     def get_gene_attention(
@@ -209,15 +207,14 @@ class SCGPTAnalysisMixin:
         G = len(selected)
         total = torch.zeros(G * G, dtype=torch.float64)
         count = torch.zeros(G * G, dtype=torch.float64)
-        with self._genes_of(adata):
-            for _, weights, gene_index in self._iter_attention(adata, rows, layer, batch_size):
-                pos = position[torch.where(gene_index >= 0, gene_index, n_vars)]
-                for b in range(weights.shape[0]):
-                    t = torch.nonzero(pos[b] >= 0).flatten()
-                    p = pos[b][t]
-                    flat = (p[:, None] * G + p[None, :]).reshape(-1)
-                    total.index_add_(0, flat, weights[b][t][:, t].reshape(-1).double())
-                    count.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
+        for _, weights, gene_index in self._iter_attention(adata, rows, layer, batch_size):
+            pos = position[torch.where(gene_index >= 0, gene_index, n_vars)]
+            for b in range(weights.shape[0]):
+                t = torch.nonzero(pos[b] >= 0).flatten()
+                p = pos[b][t]
+                flat = (p[:, None] * G + p[None, :]).reshape(-1)
+                total.index_add_(0, flat, weights[b][t][:, t].reshape(-1).double())
+                count.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
         mean = (total / count).reshape(G, G).float().numpy()  # NaN where never together
         labels = names[selected]
         return pd.DataFrame(mean, index=labels, columns=labels)

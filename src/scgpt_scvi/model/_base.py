@@ -6,7 +6,8 @@ import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -17,21 +18,21 @@ from scvi import REGISTRY_KEYS
 
 from ..data import GeneVocab, to_symbols
 from ..nn import autocast, quantize_int8, resolve_precision
+from ._pretrained import PretrainedMixin
 from ._training import fault_tolerant_train
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "ARCHITECTURE_KEYS",
     "TRAINING_FLOP_BUDGET",
     "SCRATCH_MODULE_DEFAULTS",
     "default_max_epochs",
-    "architecture",
     "as_vocab",
     "check_expression",
     "gene_overlap",
     "iter_rows",
     "token_counts",
+    "EmbeddingMixin",
     "SCGPTBaseMixin",
 ]
 
@@ -52,20 +53,6 @@ def as_vocab(vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None, ge
 #: faster and more reliably, a lower mask ratio leaves the short cells enough context, and MVC
 #: makes the ``<cls>`` embedding summarise the cell. Checkpoints keep their own values.
 SCRATCH_MODULE_DEFAULTS = {"n_bins": 11, "mask_ratio": 0.25, "do_mvc": True}
-
-#: Transformer options every scGPT-family model takes by name.
-ARCHITECTURE_KEYS = ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls", "dropout")
-
-
-def architecture(vocab: GeneVocab, options: Mapping) -> dict:
-    """Module keywords shared by the family: vocabulary size and special ids plus the
-    :data:`ARCHITECTURE_KEYS` picked from ``options`` (a model ``__init__``'s ``locals()``)."""
-    return {
-        "ntoken": vocab.ntoken,
-        "pad_id": vocab.pad_id,
-        "cls_id": vocab.cls_id,
-        **{k: options[k] for k in ARCHITECTURE_KEYS},
-    }
 
 
 def _is_name(name) -> bool:
@@ -250,11 +237,34 @@ def mean_tokens_per_cell(X, max_tokens: int, n_sample: int = 2000) -> float:
     return float(np.minimum(np.asarray(nnz) + 1, max_tokens).mean())
 
 
-class SCGPTBaseMixin:
-    """Training defaults and inference loops shared by the scGPT-family model wrappers."""
+class SCGPTBaseMixin(PretrainedMixin):
+    """What the scGPT-family model wrappers share: module construction, ``from_pretrained``,
+    training defaults and the evaluation loop. Each wrapper adds its setup method and the
+    outputs unique to it."""
 
     #: Default minibatch size of :meth:`train`.
     _default_batch_size = 32
+    #: Module options a model from scratch gets unless given (beside its signature's).
+    _module_defaults: Mapping = {}
+
+    def _build_module(self, vocab: GeneVocab, gene_token_ids, **options):
+        """``self._module_cls`` for ``vocab`` and each input column's token id
+        ``gene_token_ids``, sized by the registered labels and batches and with
+        ``_module_defaults`` (``options`` win)."""
+        setup = self.registry_["setup_args"]
+        if setup.get("labels_key"):
+            options.setdefault("n_cls", self.summary_stats.n_labels)
+        if setup.get("batch_key") is not None:
+            options.setdefault("num_batch_labels", self.summary_stats.n_batch)
+        for key, value in self._module_defaults.items():
+            options.setdefault(key, value)
+        return self._module_cls(
+            ntoken=vocab.ntoken,
+            pad_id=vocab.pad_id,
+            cls_id=vocab.cls_id,
+            gene_token_ids=torch.as_tensor(np.asarray(gene_token_ids), dtype=torch.long),
+            **options,
+        )
 
     def _tokens_per_cell(self) -> float:
         """Tokens a cell is expected to have: expressed genes up to ``max_seq_len``."""
@@ -386,12 +396,19 @@ class SCGPTBaseMixin:
 
     def _token_lengths(self, adata: AnnData, indices: np.ndarray) -> np.ndarray | None:
         """Tokens each cell of ``indices`` gets (before the ``max_seq_len`` cap), or ``None``
-        when all cells get the same number (``include_zero_genes``)."""
-        if getattr(self.module, "include_zero_genes", True):
+        when all cells get the same number (``include_zero_genes``) or the tokens come from
+        more than the registered ``X`` (several modalities)."""
+        manager = self.get_anndata_manager(adata, required=True)
+        if getattr(self.module, "include_zero_genes", True) or (
+            REGISTRY_KEYS.X_KEY not in manager.data_registry
+        ):
             return None
-        X = self.get_anndata_manager(adata, required=True).get_from_registry(REGISTRY_KEYS.X_KEY)
-        columns = (self.module.gene_token_ids >= 0).cpu().numpy()
-        return token_counts(X, columns)[indices]
+        X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        ids = getattr(self, "_token_ids_of", lambda data: None)(adata)
+        ids = self.module.gene_token_ids if ids is None else ids
+        if ids.numel() != X.shape[1]:
+            return None
+        return token_counts(X, (ids >= 0).cpu().numpy())[indices]
 
     @contextlib.contextmanager
     def _inference_module(self, quantize: str | None):
@@ -466,3 +483,76 @@ class SCGPTBaseMixin:
             restored[run] = out
             out = restored
         return out
+
+
+class EmbeddingMixin:
+    """Cell embeddings of the models that embed cells (:class:`~scgpt_scvi.model.SCGPT`,
+    :class:`~scgpt_scvi.model.SCGPTMultiomic`)."""
+
+    #: Embeddings are L2-normalised by default (set by ``from_pretrained``, as ``embed_data``).
+    normalize_embeddings_ = False
+
+    def _token_ids_of(self, data) -> torch.Tensor | None:
+        """Vocabulary id of each of ``data``'s columns when they come in another order than
+        the module's (``None``: the module's own order)."""
+        return None
+
+    def get_latent_representation(
+        self,
+        adata=None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+        normalize: bool | None = None,
+        precision: Literal["fp32", "bf16", "fp16"] | None = None,
+        quantize: Literal["int8"] | None = None,
+        progress_bar: bool = False,
+    ) -> np.ndarray:
+        """Cell embeddings ``(n_obs, d_model)`` (by the module's ``cell_emb_style``).
+
+        Deterministic: a cell's tokens are keyed on its name and the fixed seed, and padding
+        does not change the result, so any ``batch_size`` gives the same numbers. Cells are
+        batched by token count (few pads) and returned in the order asked for.
+
+        Parameters
+        ----------
+        adata
+            AnnData (MuData for the multi-omic model) with the same genes (any order for
+            :class:`~scgpt_scvi.model.SCGPT`); default: the registered one.
+        indices
+            Cells to embed; default all.
+        batch_size
+            Cells per minibatch (default 64).
+        normalize
+            L2-normalise each embedding (what ``scgpt.tasks.embed_data`` returns). Default:
+            ``model.normalize_embeddings_`` (True for models from ``from_pretrained``).
+        precision
+            Matmul precision under ``torch.autocast``: default ``"bf16"`` on GPUs that support
+            it (``"fp16"`` on older GPUs, where flash-attn, if installed, is then used), ``"fp32"``
+            on CPU (CPU ``"bf16"`` is allowed but emulated on CPUs without native bf16).
+        quantize
+            ``"int8"``: dynamic int8 linear layers (CPU; an inference copy of the module, the
+            model is unchanged). Default: ``model.quantize_`` (set by ``from_pretrained``).
+        progress_bar
+            Show a progress bar over minibatches.
+
+        Examples
+        --------
+        >>> adata.obsm["X_scgpt"] = model.get_latent_representation()
+        >>> z8 = model.get_latent_representation(quantize="int8")  # CPU, ~2x faster
+        >>> z16 = model.get_latent_representation(precision="bf16")  # GPU default
+        """
+        if normalize is None:
+            normalize = self.normalize_embeddings_
+        if quantize is None:
+            quantize = getattr(self, "quantize_", None)
+        ids = self._token_ids_of(adata)
+        return self._collect(
+            lambda t: self.module.embed(t, normalize=normalize, gene_token_ids=ids),
+            adata,
+            indices,
+            batch_size,
+            precision=precision,
+            quantize=quantize,
+            bucket=True,
+            progress_bar=progress_bar,
+        )

@@ -5,17 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
-import torch
 from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.data.fields import MuDataCategoricalObsField, MuDataLayerField, MuDataWrapper
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
+from ..checkpoint import SHARED_PREFIXES
 from ..data import (
     MODALITIES,
     GeneVocab,
@@ -26,15 +26,14 @@ from ..data import (
 from ..module import SCGPTMultiomicModule
 from ._base import (
     SCRATCH_MODULE_DEFAULTS,
+    EmbeddingMixin,
     SCGPTBaseMixin,
-    architecture,
     as_vocab,
     check_expression,
     gene_overlap,
 )
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
-from ._pretrained import with_pretrained_parts
 from ._save_load import SafeSaveLoadMixin
 from ._training_plan import SCGPTTrainingPlan
 
@@ -46,7 +45,9 @@ __all__ = ["SCGPTMultiomic", "MODALITIES", "MuDataCellKeyObsField"]
 MuDataCellKeyObsField = MuDataWrapper(CellKeyObsField)
 
 
-class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass):
+class SCGPTMultiomic(
+    EmbeddingMixin, SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixin, BaseModelClass
+):
     """scGPT's multi-omic model (``MultiOmicTransformerModel``) on MuData.
 
     Every feature of every registered modality is its own token; a cell's sequence is
@@ -78,7 +79,7 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
         from-scratch ones (width 64, 4 heads, feed-forward 128, 2 layers, no dropout), with
         its 11 value bins, mask ratio 0.25 and the MVC objective on (it is what makes the
         ``<cls>`` embedding summarise the cell when no labels are registered); see
-        ``scgpt_scvi.model._base.SCRATCH_MODULE_DEFAULTS``. :meth:`from_pretrained_rna` takes
+        ``scgpt_scvi.model._base.SCRATCH_MODULE_DEFAULTS``. :meth:`from_pretrained` takes
         the checkpoint's architecture instead.
     max_tokens_per_modality
         Tokens per modality per cell (``<cls>`` not counted): one number for every modality, or
@@ -99,6 +100,24 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
 
     _module_cls = SCGPTMultiomicModule
     _training_plan_cls = SCGPTTrainingPlan
+    _module_defaults = SCRATCH_MODULE_DEFAULTS
+    _pretrained_parts = SHARED_PREFIXES
+    _pretrained_options = (
+        "d_model",
+        "nhead",
+        "d_hid",
+        "nlayers",
+        "nlayers_cls",
+        "dropout",
+        "pad_value",
+        "mask_value",
+        "input_emb_style",
+        "n_input_bins",
+        "n_bins",
+        "pre_norm",
+        "cell_emb_style",
+        "do_mvc",
+    )
 
     def __init__(
         self,
@@ -125,10 +144,9 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
         vocab_mod_obj = modality_vocab(vocab_mod, [MODALITIES[a].name for a in mods])
         token_ids, self.gene_overlap_ = self._token_ids(features, vocab_obj)
         budgets = _budgets(max_tokens_per_modality, mods, features)
-        self._set_data_defaults(module_kwargs)
-        for key, value in SCRATCH_MODULE_DEFAULTS.items():
-            module_kwargs.setdefault(key, value)
-        self.module = self._module_cls(
+        self.module = self._build_module(
+            vocab_obj,
+            np.concatenate([token_ids[a] for a in mods]),
             ntokens_mod=vocab_mod_obj.ntoken,
             mod_pad_id=vocab_mod_obj.pad_id,
             token_mod_ids=token_modalities(vocab_obj, vocab_mod_obj, features, token_ids),
@@ -136,8 +154,12 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
             modality_max_tokens=budgets,
             modality_keys=[MODALITIES[a].registry_key for a in mods],
             mod_in_input=mod_in_input,
-            **architecture(vocab_obj, locals()),
-            gene_token_ids=torch.as_tensor(np.concatenate([token_ids[a] for a in mods])),
+            d_model=d_model,
+            nhead=nhead,
+            d_hid=d_hid,
+            nlayers=nlayers,
+            nlayers_cls=nlayers_cls,
+            dropout=dropout,
             **module_kwargs,
         )
         self.vocab_ = vocab_obj.get_stoi()
@@ -157,25 +179,15 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
     def from_pretrained_rna(
         cls, mdata: MuData, model_dir: str | os.PathLike, **kwargs
     ) -> SCGPTMultiomic:
-        """A model whose shared parts start from a pretrained RNA scGPT checkpoint folder.
-
-        The architecture (``args.json``) and vocabulary (``vocab.json``, protein / peak tokens
-        appended) come from the checkpoint; the gene encoder (pretrained rows for the tokens the
-        checkpoint knows), the value encoder and the transformer are loaded with
-        :func:`scgpt_scvi.checkpoint.load_pretrained_parts` (strict within those parts). The
-        modality encoder, the modality-conditioned decoders and new tokens start from their
-        initialisation. The load report is kept in ``model.pretrained_report_``.
-
-        Parameters
-        ----------
-        mdata
-            MuData registered with :meth:`setup_mudata`.
-        model_dir
-            Folder with ``args.json``, ``vocab.json`` and ``best_model.pt``.
-        **kwargs
-            Other :class:`SCGPTMultiomic` arguments (override ``args.json``).
-        """
-        return with_pretrained_parts(cls, mdata, model_dir, _PRETRAINED_ARCH, **kwargs)
+        """Deprecated: ``SCGPTMultiomic.from_pretrained(model_dir, mdata, **kwargs)``, the
+        family's one signature (a ``DeprecationWarning``; removed in the next release)."""
+        warnings.warn(
+            "SCGPTMultiomic.from_pretrained_rna(mdata, model_dir) is deprecated; use "
+            "SCGPTMultiomic.from_pretrained(model_dir, mdata).",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return cls.from_pretrained(model_dir, mdata, **kwargs)
 
     # ------------------------------------------------------------------ setup
     @classmethod
@@ -261,13 +273,6 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
             "{...}); for RNA-only AnnData use SCGPT."
         )
 
-    def _set_data_defaults(self, module_kwargs: dict) -> None:
-        """Cell-type classes and batch count from the registered data (unless given)."""
-        setup = self.registry_["setup_args"]
-        module_kwargs.setdefault("n_cls", self.summary_stats.n_labels if setup["labels_key"] else 1)
-        if setup["batch_key"] is not None:
-            module_kwargs.setdefault("num_batch_labels", self.summary_stats.n_batch)
-
     def _registered_modalities(self) -> dict[str, str]:
         """Setup argument -> MuData modality name, in sequence order."""
         mods = self.registry_["setup_args"]["modalities"]
@@ -287,57 +292,8 @@ class SCGPTMultiomic(SCGPTBaseMixin, SafeSaveLoadMixin, UnsupervisedTrainingMixi
             ids["rna_layer"], overlap = gene_overlap(pd.Index(features["rna_layer"]), vocab)
         return ids, overlap
 
-    # ------------------------------------------------------------------ outputs
-    def get_latent_representation(
-        self,
-        mdata: MuData | None = None,
-        indices: Sequence[int] | None = None,
-        batch_size: int | None = None,
-        normalize: bool = False,
-    ) -> np.ndarray:
-        """Cell embeddings ``(n_obs, d_model)`` from all registered modalities.
-
-        Deterministic (tokens keyed on cell names), independent of ``batch_size``.
-
-        Parameters
-        ----------
-        mdata
-            MuData with the same modalities and features; default: the registered one.
-        indices
-            Cells to embed; default all.
-        batch_size
-            Cells per minibatch (default 64).
-        normalize
-            L2-normalise each embedding.
-        """
-        module = self.module
-        z = self._collect(
-            lambda t: module.inference(**module._get_inference_input(t))["cell_emb"],
-            mdata,
-            indices,
-            batch_size,
-        )
-        return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12) if normalize else z
-
 
 # ---------------------------------------------------------------------- helpers
-#: Architecture options taken from a pretrained RNA checkpoint's ``args.json``.
-_PRETRAINED_ARCH = (
-    "d_model",
-    "nhead",
-    "d_hid",
-    "nlayers",
-    "nlayers_cls",
-    "dropout",
-    "pad_value",
-    "mask_value",
-    "input_emb_style",
-    "n_input_bins",
-    "n_bins",
-    "pre_norm",
-    "cell_emb_style",
-    "do_mvc",
-)
 
 
 def _check_modalities(mdata: MuData, mods, layers: dict[str, str | None]) -> None:

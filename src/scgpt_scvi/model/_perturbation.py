@@ -32,11 +32,10 @@ from ..module._perturbation import (
     SCGPTPerturbationModule,
     check_combination,
 )
-from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
+from ._base import SCGPTBaseMixin, as_vocab, check_expression, gene_overlap
 from ._checks import check_cells, layer_matrix
 from ._fields import CellKeyObsField
 from ._perturbation_analysis import SCGPTPerturbationAnalysisMixin
-from ._pretrained import with_pretrained_parts
 from ._save_load import SafeSaveLoadMixin
 from ._training_plan import SCGPTTrainingPlan
 
@@ -122,6 +121,8 @@ class SCGPTPerturbation(
 
     _module_cls = SCGPTPerturbationModule
     _training_plan_cls = SCGPTTrainingPlan
+    _pretrained_parts = SHARED_PREFIXES
+    _pretrained_options = ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls")
     _default_batch_size = 64  # the original tutorial's
 
     def _tokens_per_cell(self) -> float:
@@ -154,9 +155,15 @@ class SCGPTPerturbation(
         condition_targets = np.full((len(conditions), n_targets), -1, dtype=np.int64)
         for i, t in enumerate(targets):
             condition_targets[i, : len(t)] = vocab_obj.lookup(t)
-        self.module = self._module_cls(
-            **architecture(vocab_obj, locals()),
-            gene_token_ids=torch.as_tensor(token_ids),
+        self.module = self._build_module(
+            vocab_obj,
+            token_ids,
+            d_model=d_model,
+            nhead=nhead,
+            d_hid=d_hid,
+            nlayers=nlayers,
+            nlayers_cls=nlayers_cls,
+            dropout=dropout,
             condition_targets=torch.as_tensor(condition_targets),
             control_x=torch.as_tensor(_dense_rows(X, self._control_rows())),
             normalize_counts=holds_counts(X),
@@ -317,43 +324,6 @@ class SCGPTPerturbation(
         cls.register_manager(adata_manager)
 
     # ------------------------------------------------------------------ pretrained
-    @classmethod
-    def from_pretrained(
-        cls,
-        adata: AnnData,
-        pretrained_dir: str | os.PathLike,
-        prefixes: Sequence[str] = SHARED_PREFIXES,
-        **kwargs,
-    ) -> SCGPTPerturbation:
-        """A model whose shared parts start from a released scGPT checkpoint folder.
-
-        The architecture (``embsize``, ``nheads``, ``d_hid``, ``nlayers``, ``n_layers_cls``)
-        comes from ``args.json``, the vocabulary from ``vocab.json`` (so every target gene must
-        be in it) unless ``vocab`` is passed, and the parameters under ``prefixes`` (the gene
-        encoder, value encoder and transformer, as the original tutorial) from the weights, by
-        :func:`scgpt_scvi.checkpoint.load_pretrained_parts`; with another vocabulary, gene
-        embedding rows are copied by token. The perturbation embedding and the heads start
-        fresh.
-
-        Parameters
-        ----------
-        adata
-            AnnData registered with :meth:`setup_anndata`.
-        pretrained_dir
-            Folder with ``args.json``, ``vocab.json`` and ``best_model.pt`` (or
-            ``.safetensors``).
-        prefixes
-            State-dict prefixes to load.
-        **kwargs
-            Other :class:`SCGPTPerturbation` arguments (they win over ``args.json``).
-
-        Returns
-        -------
-        The model; ``model.pretrained_report_`` says what was loaded.
-        """
-        arch_keys = ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls")
-        return with_pretrained_parts(cls, adata, pretrained_dir, arch_keys, prefixes, **kwargs)
-
     # ------------------------------------------------------------------ prediction
     def _targets(self, perturbations: Sequence[str]) -> list[torch.Tensor]:
         """Vocabulary ids of each perturbation's target genes (errors name the bad input)."""

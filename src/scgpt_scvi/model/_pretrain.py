@@ -55,7 +55,7 @@ from ..checkpoint import args_to_kwargs, read_args
 from ..data import BlockPlan, Corpus, CorpusDataLoader, CorpusDataset, GeneVocab
 from ..module import SCGPTModule, config_fields
 from ._base import as_vocab
-from ._pretrained import PretrainedMixin
+from ._pretrained import SavePretrainedMixin
 from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
@@ -317,8 +317,8 @@ class Throughput(Callback):
         pl_module.log("tokens/s", tokens, prog_bar=True, on_step=True, rank_zero_only=True)
 
 
-class SCGPTPretrainExport(PretrainedMixin):
-    """The minimal model face :meth:`PretrainedMixin.save_pretrained` needs."""
+class SCGPTPretrainExport(SavePretrainedMixin):
+    """The minimal model face :meth:`SavePretrainedMixin.save_pretrained` needs."""
 
     _module_cls = SCGPTModule
 
@@ -583,4 +583,3 @@ def pretrain_classmethod(cls, corpus, out_dir, vocab=None, **kwargs) -> Path:
 
 
 pretrain_classmethod.__doc__ = pretrain.__doc__
-

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import warnings
@@ -12,7 +11,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -22,11 +20,11 @@ from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMix
 from ..data import GeneVocab, check_gene_id_type
 from ..module import SCGPTModule
 from ._analysis import SCGPTAnalysisMixin
-from ._base import SCGPTBaseMixin, architecture, as_vocab, check_expression, gene_overlap
+from ._base import EmbeddingMixin, SCGPTBaseMixin, as_vocab, check_expression, gene_overlap
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrain import pretrain_classmethod
-from ._pretrained import PretrainedMixin
+from ._pretrained import SavePretrainedMixin
 from ._save_load import SafeSaveLoadMixin, _torch_device
 from ._training_plan import SCGPTTrainingPlan
 
@@ -36,8 +34,9 @@ __all__ = ["SCGPT"]
 
 
 class SCGPT(
-    PretrainedMixin,
+    SavePretrainedMixin,
     SCGPTAnalysisMixin,
+    EmbeddingMixin,
     SCGPTBaseMixin,
     SafeSaveLoadMixin,
     ArchesMixin,
@@ -114,17 +113,19 @@ class SCGPT(
         genes = self._gene_names(self.adata)
         vocab_obj = as_vocab(vocab, genes)
         token_ids, self.gene_overlap_ = gene_overlap(genes, vocab_obj)
-        setup = self.registry_["setup_args"]
-        data_kwargs = {"n_cls": self.summary_stats.n_labels if setup.get("labels_key") else 1}
-        if setup.get("batch_key") is not None:
-            data_kwargs["num_batch_labels"] = self.summary_stats.n_batch
-        self.module = self._module_cls(
-            **architecture(vocab_obj, locals()),
+        self.module = self._build_module(
+            vocab_obj,
+            token_ids,
+            d_model=d_model,
+            nhead=nhead,
+            d_hid=d_hid,
+            nlayers=nlayers,
+            nlayers_cls=nlayers_cls,
+            dropout=dropout,
             max_seq_len=max_seq_len,
             n_bins=n_bins,
             mask_ratio=mask_ratio,
-            gene_token_ids=torch.as_tensor(token_ids),
-            **{**data_kwargs, **module_kwargs},
+            **module_kwargs,
         )
         self.vocab_ = vocab_obj.get_stoi()
         self.normalize_embeddings_ = False
@@ -203,89 +204,19 @@ class SCGPT(
         cls.register_manager(adata_manager)
 
     # ------------------------------------------------------------------ outputs
-    @contextlib.contextmanager
-    def _genes_of(self, adata: AnnData | None):
-        """Map ``adata``'s genes to tokens by name when they come in another order than the
-        module's (:meth:`_model_genes`): the one path for in-memory and loaded models."""
+    def _token_ids_of(self, adata: AnnData | None) -> torch.Tensor | None:
+        """Vocabulary id of each of ``adata``'s genes when they come in another order than the
+        module's (:meth:`_model_genes`), matched by name; ``None`` in the module's order."""
         ref = self._model_genes()
         new = self._gene_names(adata if adata is not None else self.adata)
         if new.equals(ref):
-            yield
-            return
+            return None
         if len(new) != len(ref) or set(new) != set(ref):
             raise ValueError(
                 "adata's genes differ from the genes the model was set up with; align them "
                 "with SCGPT.prepare_query_anndata(adata, model) or adata[:, model.adata.var_names]."
             )
-        saved = self.module.gene_token_ids
-        self.module.gene_token_ids = saved[torch.as_tensor(ref.get_indexer(new))]
-        try:
-            yield
-        finally:
-            self.module.gene_token_ids = saved
-
-    def _inference(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        return self.module.inference(**self.module._get_inference_input(tensors))
-
-    def get_latent_representation(
-        self,
-        adata: AnnData | None = None,
-        indices: Sequence[int] | None = None,
-        batch_size: int | None = None,
-        normalize: bool | None = None,
-        precision: Literal["fp32", "bf16", "fp16"] | None = None,
-        quantize: Literal["int8"] | None = None,
-        progress_bar: bool = False,
-    ) -> np.ndarray:
-        """Cell embeddings ``(n_obs, d_model)`` (by the module's ``cell_emb_style``).
-
-        Deterministic: a cell's tokens are keyed on its name and the fixed seed, and padding
-        does not change the result, so any ``batch_size`` gives the same numbers. Cells are
-        batched by token count (few pads) and returned in the order asked for.
-
-        Parameters
-        ----------
-        adata
-            AnnData with the same genes (any order); default: the registered one.
-        indices
-            Cells to embed; default all.
-        batch_size
-            Cells per minibatch (default 64).
-        normalize
-            L2-normalise each embedding (what ``scgpt.tasks.embed_data`` returns). Default:
-            ``model.normalize_embeddings_`` (True for models from :meth:`from_pretrained`).
-        precision
-            Matmul precision under ``torch.autocast``: default ``"bf16"`` on GPUs that support
-            it (``"fp16"`` on older GPUs, where flash-attn, if installed, is then used), ``"fp32"``
-            on CPU (CPU ``"bf16"`` is allowed but emulated on CPUs without native bf16).
-        quantize
-            ``"int8"``: dynamic int8 linear layers (CPU; an inference copy of the module, the
-            model is unchanged). Default: ``model.quantize_`` (set by :meth:`from_pretrained`).
-        progress_bar
-            Show a progress bar over minibatches.
-
-        Examples
-        --------
-        >>> adata.obsm["X_scgpt"] = model.get_latent_representation()
-        >>> z8 = model.get_latent_representation(quantize="int8")  # CPU, ~2x faster
-        >>> z16 = model.get_latent_representation(precision="bf16")  # GPU default
-        """
-        if normalize is None:
-            normalize = self.normalize_embeddings_
-        if quantize is None:
-            quantize = getattr(self, "quantize_", None)
-        with self._genes_of(adata):
-            z = self._collect(
-                lambda t: self._inference(t)["cell_emb"],
-                adata,
-                indices,
-                batch_size,
-                precision=precision,
-                quantize=quantize,
-                bucket=True,
-                progress_bar=progress_bar,
-            )
-        return z / np.linalg.norm(z, axis=1, keepdims=True).clip(1e-12) if normalize else z
+        return self.module.gene_token_ids[torch.as_tensor(ref.get_indexer(new))]
 
     def predict(
         self,
@@ -301,13 +232,14 @@ class SCGPT(
         Labels (``soft=False``) or a DataFrame of class probabilities, cells x classes.
         """
         mapping = self._label_categories()
-
-        def probs(tensors):
-            out = self._inference(tensors)
-            return F.softmax(self.module.cls_decoder(out["cell_emb"]), dim=-1)
-
-        with self._genes_of(adata):
-            p = self._collect(probs, adata, indices, batch_size, bucket=True)
+        ids = self._token_ids_of(adata)
+        p = self._collect(
+            lambda t: self.module.cell_type_probabilities(t, gene_token_ids=ids),
+            adata,
+            indices,
+            batch_size,
+            bucket=True,
+        )
         if soft:
             obs = (adata if adata is not None else self.adata).obs_names
             index = obs if indices is None else obs[np.asarray(indices)]
@@ -385,12 +317,9 @@ class SCGPT(
         )
         model.to_device(device)
         state = model.module.state_dict()
-        n_ref_batches = None
         for key, ref in ref_state.items():
             new = state[key]
-            if new.shape != ref.shape:
-                if key == "batch_encoder.embedding.weight":
-                    n_ref_batches = ref.shape[0]
+            if new.shape != ref.shape:  # new batches: the reference rows, then the new rows
                 ref = torch.cat([ref.to(new.device), new[ref.shape[0] :]], dim=0)
             state[key] = ref
         model.module.load_state_dict(state)
@@ -398,10 +327,28 @@ class SCGPT(
         if not unfrozen:
             for name, p in model.module.named_parameters():
                 p.requires_grad = any(name.startswith(t) for t in trainable)
-            emb = getattr(getattr(model.module, "batch_encoder", None), "embedding", None)
-            if freeze_reference_batches and n_ref_batches and emb is not None:
-                row_mask = torch.ones_like(emb.weight[:, :1])
-                row_mask[:n_ref_batches] = 0
-                emb.weight.register_hook(lambda g: g * row_mask.to(g.device))
+            n_ref = ref_state.get(_BATCH_EMBEDDING, torch.zeros(0)).shape[0]
+            if freeze_reference_batches and n_ref:
+                _freeze_reference_rows(model.module.batch_encoder, n_ref)
         model.is_trained_ = False
         return model
+
+
+_BATCH_EMBEDDING = "batch_encoder.embedding.weight"
+
+
+def _freeze_reference_rows(batch_encoder: torch.nn.Module, n_ref: int) -> None:
+    """Keep the first ``n_ref`` rows of the batch embedding fixed in training, with
+    scvi-tools' :meth:`scvi.nn.Embedding.extend` (its partial-freeze gradient hook)."""
+    from scvi.nn import Embedding
+
+    emb = batch_encoder.embedding
+    n_new = emb.num_embeddings - n_ref
+    if n_new <= 0:
+        return
+    reference = Embedding(n_ref, emb.embedding_dim, _weight=emb.weight.detach()[:n_ref].clone())
+    extended = Embedding.extend(reference, init=n_new, freeze_prev=True)
+    with torch.no_grad():  # the new rows keep the values the model was built with
+        extended.weight[n_ref:] = emb.weight[n_ref:]
+    extended.weight.requires_grad_(emb.weight.requires_grad)
+    batch_encoder.embedding = extended

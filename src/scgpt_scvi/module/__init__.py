@@ -11,7 +11,7 @@ from ._common import (
     parity_forward,
     tokenize_columns,
 )
-from ._config import SCGPTConfig, config_fields
+from ._config import SCGPTConfig, args_keys, config_fields
 from ._constants import CELL_EMB_STYLES, CELL_KEY, MODULE_KEYS, PERT_KEY
 from ._multiomic import SCGPTMultiomicModule
 from ._objectives import (
@@ -30,9 +30,10 @@ from ._objectives import (
     weighted_loss,
 )
 from ._perturbation import SCGPTPerturbationModule
-from ._scgpt import SCGPTModule, pool_cells
+from ._scgpt import CHECKPOINT_HEAD_GROUPS, SCGPTModule, pool_cells
 
 __all__ = [
+    "CHECKPOINT_HEAD_GROUPS",
     "CELL_EMB_STYLES",
     "CELL_KEY",
     "DAB_WEIGHT",
@@ -49,6 +50,7 @@ __all__ = [
     "SCGPTMultiomicModule",
     "SCGPTPerturbationModule",
     "adopt_config",
+    "args_keys",
     "build_heads",
     "config_fields",
     "draw_seed",

@@ -103,14 +103,16 @@ def masked_encode(
     batch_index: torch.Tensor | None,
     cell_keys: torch.Tensor | None,
     mask_ratio: float | None,
+    gene_token_ids: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Tokenise (``module.tokenize``), mask (training, or ``mask_in_eval``), encode
-    (``module.encode``) and pool: the inference outputs of the masked-value models."""
+    """Tokenise (``module.tokenize``, with ``gene_token_ids`` for columns in another order than
+    the module's), mask (training, or ``mask_in_eval``), encode (``module.encode``) and pool:
+    the inference outputs of the masked-value models."""
     if cell_keys is None:
         cell_keys = torch.arange(x.shape[0], device=x.device)
     cell_keys = cell_keys.reshape(-1).long()
     seed = draw_seed(module)
-    tokens = module.tokenize(x, cell_keys, seed)
+    tokens = module.tokenize(x, cell_keys, seed, gene_token_ids)
     if mask_ratio is None:
         mask_ratio = module.mask_ratio if module.training or module.mask_in_eval else 0.0
     mlm_mask = mask_values(tokens, cell_keys, mask_ratio, module.mask_value, seed)
@@ -130,11 +132,16 @@ def masked_encode(
 
 
 def embed_cells(
-    module: nn.Module, tensors: Mapping[str, torch.Tensor], normalize: bool = False
+    module: nn.Module,
+    tensors: Mapping[str, torch.Tensor],
+    normalize: bool = False,
+    gene_token_ids: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``(B, d)`` cell embeddings of a minibatch in the module's current mode (eval: unmasked),
-    L2-normalised with ``normalize`` (what ``scgpt.tasks.embed_data`` returns)."""
-    cell_emb = module.inference(**module._get_inference_input(tensors))[K.CELL_EMB_KEY]
+    L2-normalised with ``normalize`` (what ``scgpt.tasks.embed_data`` returns);
+    ``gene_token_ids``: the vocabulary id of each column when they are not the module's."""
+    inputs = module._get_inference_input(tensors)
+    cell_emb = module.inference(**inputs, gene_token_ids=gene_token_ids)[K.CELL_EMB_KEY]
     return torch.nn.functional.normalize(cell_emb, p=2, dim=1, eps=1e-12) if normalize else cell_emb
 
 

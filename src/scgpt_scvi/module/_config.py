@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from ..nn import ATTENTION_BACKENDS, CELL_EMB_STYLES, DSBN_CHOICES
 
-__all__ = ["SCGPTConfig", "config_fields"]
+__all__ = ["SCGPTConfig", "args_keys", "config_fields"]
 
 
 def _arg(default: Any, args: str | None = None) -> Any:
@@ -137,7 +137,7 @@ class SCGPTConfig:
     max_seq_len: int = _arg(1200, "max_seq_len")
     n_bins: int | None = _arg(51, "n_bins")
     include_zero_genes: bool = _arg(False, None)
-    mask_ratio: float = _arg(0.4, "mask_ratio")
+    mask_ratio: float = _arg(0.4, None)
     cls_value: float = _arg(0.0, "cls_value")
     seed: int = _arg(0, None)
     mlm_loss: Literal["mse", "huber"] = _arg("mse", None)
@@ -198,6 +198,13 @@ class SCGPTConfig:
 def config_fields() -> dict[str, dataclasses.Field]:
     """Field name -> field of :class:`SCGPTConfig` (metadata ``args``: the ``args.json`` key)."""
     return {f.name: f for f in dataclasses.fields(SCGPTConfig)}
+
+
+def args_keys() -> dict[str, str]:
+    """``args.json`` key -> :class:`SCGPTConfig` field, for the fields checkpoints write."""
+    return {
+        f.metadata["args"]: f.name for f in dataclasses.fields(SCGPTConfig) if f.metadata["args"]
+    }
 
 
 def _resolve_aliases(options: dict[str, Any]) -> dict[str, Any]:

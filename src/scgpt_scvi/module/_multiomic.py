@@ -208,22 +208,26 @@ class SCGPTMultiomicModule(BaseModuleClass):
 
     # ---------------------------------------------------------------- tokens
     def tokenize(
-        self, x: torch.Tensor, cell_keys: torch.Tensor | None = None, seed: int | None = None
+        self,
+        x: torch.Tensor,
+        cell_keys: torch.Tensor | None = None,
+        seed: int | None = None,
+        gene_token_ids: torch.Tensor | None = None,
     ) -> TokenizedBatch:
         """Tokenise ``(B, n_columns)`` (the modalities side by side) into one sequence per cell.
 
         Each modality is binned and sampled on its own (random draws keyed on cell and token,
         as in :func:`~scgpt_scvi.data.tokenize`); ``gene_index`` holds columns of the whole
-        input. Pads are moved to the end of each row.
+        input. Pads are moved to the end of each row. ``gene_token_ids``: each column's
+        vocabulary id, default the module's.
         """
+        ids = self.gene_token_ids if gene_token_ids is None else gene_token_ids.to(x.device)
         if not self.modality_sizes:
-            return tokenize_columns(self, x, self.gene_token_ids, cell_keys, seed, self.max_seq_len)
+            return tokenize_columns(self, x, ids, cell_keys, seed, self.max_seq_len)
         blocks, start = [], 0
         for size, budget in zip(self.modality_sizes, self.modality_max_tokens):
             columns = slice(start, start + size)
-            block = tokenize_columns(
-                self, x[:, columns], self.gene_token_ids[columns], cell_keys, seed, budget + 1
-            )
+            block = tokenize_columns(self, x[:, columns], ids[columns], cell_keys, seed, budget + 1)
             index = block.gene_index[:, 1:]
             block.gene_index = torch.cat(
                 [block.gene_index[:, :1], torch.where(index >= 0, index + start, index)], 1
@@ -247,10 +251,11 @@ class SCGPTMultiomicModule(BaseModuleClass):
         batch_index: torch.Tensor | None = None,
         cell_keys: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        gene_token_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """:meth:`SCGPTModule.inference`'s outputs plus ``mod_types`` (modality id of each
         position)."""
-        out = masked_encode(self, x, batch_index, cell_keys, mask_ratio)
+        out = masked_encode(self, x, batch_index, cell_keys, mask_ratio, gene_token_ids)
         out[K.MOD_TYPES_KEY] = self.modality_types(out[K.GENE_IDS_KEY])
         return out
 
@@ -293,9 +298,14 @@ class SCGPTMultiomicModule(BaseModuleClass):
         return inference_outputs[K.MOD_TYPES_KEY]
 
     @torch.inference_mode()
-    def embed(self, tensors: dict[str, torch.Tensor], normalize: bool = False) -> torch.Tensor:
+    def embed(
+        self,
+        tensors: dict[str, torch.Tensor],
+        normalize: bool = False,
+        gene_token_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Cell embeddings ``(B, d)`` of a minibatch from all its modalities."""
-        return embed_cells(self, tensors, normalize)
+        return embed_cells(self, tensors, normalize, gene_token_ids)
 
     def forward_tokens(
         self,

@@ -22,9 +22,9 @@ from ._common import (
 )
 from ._config import SCGPTConfig
 from ._constants import CELL_KEY, MODULE_KEYS
-from ._objectives import build_heads
+from ._objectives import OBJECTIVES, build_heads, head_groups
 
-__all__ = ["SCGPTModule", "pool_cells"]
+__all__ = ["CHECKPOINT_HEAD_GROUPS", "SCGPTModule", "pool_cells"]
 
 K = MODULE_KEYS
 
@@ -89,10 +89,16 @@ class SCGPTModule(BaseModuleClass):
         return self.backbone.pool(h, values, padding_mask)
 
     def tokenize(
-        self, x: torch.Tensor, cell_keys: torch.Tensor | None = None, seed: int | None = None
+        self,
+        x: torch.Tensor,
+        cell_keys: torch.Tensor | None = None,
+        seed: int | None = None,
+        gene_token_ids: torch.Tensor | None = None,
     ) -> TokenizedBatch:
-        """Tokenise a dense ``(B, n_vars)`` minibatch with the module's settings."""
-        return tokenize_columns(self, x, self.gene_token_ids, cell_keys, seed, self.max_seq_len)
+        """Tokenise a dense ``(B, n_vars)`` minibatch with the module's settings
+        (``gene_token_ids``: each column's vocabulary id, default the module's)."""
+        ids = self.gene_token_ids if gene_token_ids is None else gene_token_ids.to(x.device)
+        return tokenize_columns(self, x, ids, cell_keys, seed, self.max_seq_len)
 
     def _draw_seed(self) -> int:
         return draw_seed(self)
@@ -112,14 +118,16 @@ class SCGPTModule(BaseModuleClass):
         batch_index: torch.Tensor | None = None,
         cell_keys: torch.Tensor | None = None,
         mask_ratio: float | None = None,
+        gene_token_ids: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Tokenise, mask (training), encode and pool.
 
         Returns a dict with ``h``, ``cell_emb``, ``gene_embs``, the tokens (``gene_ids``,
         ``values`` as fed to the encoder, ``target_values``, ``padding_mask``), ``mlm_mask`` and
-        ``batch_index`` (keys in :data:`~scgpt_scvi.module.MODULE_KEYS`).
+        ``batch_index`` (keys in :data:`~scgpt_scvi.module.MODULE_KEYS`). ``gene_token_ids``:
+        each column's vocabulary id when the columns are not in the module's order.
         """
-        return masked_encode(self, x, batch_index, cell_keys, mask_ratio)
+        return masked_encode(self, x, batch_index, cell_keys, mask_ratio, gene_token_ids)
 
     def head_inputs(
         self,
@@ -209,26 +217,19 @@ class SCGPTModule(BaseModuleClass):
         self,
         tensors: dict[str, torch.Tensor],
         normalize: bool = False,
-        column_order: torch.Tensor | None = None,
+        gene_token_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Cell embeddings ``(B, d)`` of a minibatch (L2-normalised with ``normalize``).
-
-        ``column_order`` ``(n_vars,)``: the minibatch column that holds each of the module's
-        genes (for data whose genes come in another order).
-        """
-        if column_order is not None:
-            x = tensors[REGISTRY_KEYS.X_KEY][
-                :, column_order.to(tensors[REGISTRY_KEYS.X_KEY].device)
-            ]
-            tensors = {**tensors, REGISTRY_KEYS.X_KEY: x}
-        return embed_cells(self, tensors, normalize)
+        """Cell embeddings ``(B, d)`` of a minibatch (L2-normalised with ``normalize``;
+        ``gene_token_ids``: each column's vocabulary id when the columns are not the module's)."""
+        return embed_cells(self, tensors, normalize, gene_token_ids)
 
     @torch.inference_mode()
     def cell_type_probabilities(
-        self, tensors: dict[str, torch.Tensor], column_order: torch.Tensor | None = None
+        self, tensors: dict[str, torch.Tensor], gene_token_ids: torch.Tensor | None = None
     ) -> torch.Tensor:
         """``(B, n_cls)`` softmax of the CLS head on the cells' embeddings."""
-        return F.softmax(self.cls_decoder(self.embed(tensors, column_order=column_order)), dim=-1)
+        cell_emb = self.embed(tensors, gene_token_ids=gene_token_ids)
+        return F.softmax(self.cls_decoder(cell_emb), dim=-1)
 
     # ---------------------------------------------------------------- original-style forward
     def forward_tokens(
@@ -264,3 +265,26 @@ class SCGPTModule(BaseModuleClass):
             ECS=ECS,
             do_sample=do_sample,
         )
+
+
+_OWN_HEADS = head_groups(SCGPTModule.OBJECTIVE_NAMES)
+_DAB, _MLM, _MVC = (f"{OBJECTIVES[n].head}." for n in ("dab", "mlm", "mvc"))
+#: Module option -> the state-dict prefixes (or exact keys) of :class:`SCGPTModule` that change
+#: with it. When a model differs from its checkpoint in one of these, the listed tensors are new
+#: heads to train (read by :func:`scgpt_scvi.checkpoint.head_prefixes`). The objectives' own
+#: heads come from the registry (:func:`~scgpt_scvi.module.head_groups`).
+CHECKPOINT_HEAD_GROUPS = {
+    "n_cls": _OWN_HEADS["n_cls"],
+    "num_batch_labels": ("batch_encoder.", "dsbn.", _DAB),
+    "use_batch_labels": (
+        "batch_encoder.",
+        f"{_MLM}fc.0.weight",
+        f"{_MLM}zero_logit.0.weight",
+        f"{_MVC}W.weight",
+        f"{_MVC}W_zero_logit.weight",
+    ),
+    "domain_spec_batchnorm": ("dsbn.", "bn."),
+    "do_dab": _OWN_HEADS["do_dab"],
+    "explicit_zero_prob": (f"{_MLM}zero_logit.", f"{_MVC}W_zero_logit."),
+    "do_mvc": _OWN_HEADS["do_mvc"],
+}
