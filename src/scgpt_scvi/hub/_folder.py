@@ -19,6 +19,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..module import config_fields
+
 if TYPE_CHECKING:
     from anndata import AnnData
     from mudata import MuData
@@ -39,25 +41,6 @@ RELEASED_SUBDIR = "scgpt"
 
 _METADATA_FILE = "_scvi_required_metadata.json"
 _CARD_FILE = "README.md"
-_ARCH_KEYS = (
-    "d_model",
-    "nhead",
-    "d_hid",
-    "nlayers",
-    "nlayers_cls",
-    "dropout",
-    "max_seq_len",
-    "n_bins",
-    "input_emb_style",
-    "cell_emb_style",
-    "do_mvc",
-    "do_dab",
-    "use_batch_labels",
-    "domain_spec_batchnorm",
-    "explicit_zero_prob",
-    "pre_norm",
-    "attention_backend",
-)
 _ORIGINAL = {
     "SCGPT": "TransformerModel",
     "SCGPTPerturbation": "TransformerGenerator",
@@ -80,23 +63,11 @@ _CITATION = """\
 }"""
 
 
-def _init_options(model) -> dict:
-    """The model's constructor options, without the data and the vocabulary itself."""
-    params = getattr(model, "init_params_", {}) or {}
-    flat = dict(params.get("non_kwargs", {}))
-    for group in params.get("kwargs", {}).values():
-        if isinstance(group, dict):
-            flat.update(group)
-    return {k: v for k, v in flat.items() if k not in ("adata", "mdata", "vocab")}
-
-
 def _architecture(model) -> dict:
-    options = _init_options(model)
-    arch = {k: options[k] for k in _ARCH_KEYS if k in options}
-    for key in ("d_model", "nlayers", "max_seq_len", "n_bins"):
-        value = getattr(model.module, key, None)
-        if key not in arch and isinstance(value, int | float | str):
-            arch[key] = value
+    """The module's options a checkpoint's ``args.json`` holds (the fields of its
+    :class:`~scgpt_scvi.module.SCGPTConfig` with an ``args`` key), and its parameter count."""
+    config = model.module.config
+    arch = {f.name: getattr(config, f.name) for f in config_fields().values() if f.metadata["args"]}
     arch["parameters"] = int(sum(p.numel() for p in model.module.parameters()))
     return arch
 

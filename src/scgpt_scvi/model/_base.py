@@ -48,11 +48,29 @@ def as_vocab(vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None, ge
     return GeneVocab.from_file(vocab)
 
 
-#: Module options of a model trained from scratch that the wrappers' signatures do not list
-#: (their own defaults, scGPT's, are for a pretrained 51M-parameter model): fewer bins learn
-#: faster and more reliably, a lower mask ratio leaves the short cells enough context, and MVC
-#: makes the ``<cls>`` embedding summarise the cell. Checkpoints keep their own values.
-SCRATCH_MODULE_DEFAULTS = {"n_bins": 11, "mask_ratio": 0.25, "do_mvc": True}
+#: Architecture and tokenisation of a model trained from scratch (scGPT's own defaults,
+#: :class:`~scgpt_scvi.module.SCGPTConfig`'s, are for a pretrained 51M-parameter model). Sized
+#: to learn from thousands of cells in minutes on a laptop CPU:
+#:
+#: - width 64, 4 heads, a 128-wide feed-forward, 2 layers: a cell's few hundred expressed genes
+#:   are a short sequence, and deeper models need far more cells to beat two layers (the
+#:   released whole-human model is ``d_model=512, nhead=8, d_hid=512, nlayers=12``);
+#: - no dropout: small data and few epochs, and attention dropout makes CPU attention several
+#:   times slower (the original: 0.2);
+#: - 11 value bins: each bin holds more genes, so a small model learns faster and more
+#:   reliably (the original and its checkpoints: 51);
+#: - mask ratio 0.25: the original's 0.4 removes too much of a short cell for the CLS objective.
+#:
+#: Checkpoints keep their own values (``from_pretrained``).
+SCRATCH_MODULE_DEFAULTS = {
+    "d_model": 64,
+    "nhead": 4,
+    "d_hid": 128,
+    "nlayers": 2,
+    "dropout": 0.0,
+    "n_bins": 11,
+    "mask_ratio": 0.25,
+}
 
 
 def _is_name(name) -> bool:
@@ -246,6 +264,24 @@ class SCGPTBaseMixin(PretrainedMixin):
     _default_batch_size = 32
     #: Module options a model from scratch gets unless given (beside its signature's).
     _module_defaults: Mapping = {}
+
+    def _vocabulary(self, vocab, genes: pd.Index) -> tuple[GeneVocab, np.ndarray]:
+        """The vocabulary (:func:`as_vocab`) and the token id of each of ``genes``; keeps the
+        overlap summary in ``gene_overlap_`` (:func:`gene_overlap`)."""
+        vocab_obj = as_vocab(vocab, genes)
+        token_ids, self.gene_overlap_ = gene_overlap(genes, vocab_obj)
+        return vocab_obj, token_ids
+
+    def _record_init(self, vocab: GeneVocab, summary: str, init_locals: Mapping) -> None:
+        """Keep the vocabulary (``vocab_``), the model summary (architecture, vocabulary size,
+        then ``summary``) and the init parameters (with the vocabulary itself, not a path)."""
+        m = self.module
+        self.vocab_ = vocab.get_stoi()
+        self._model_summary_string = (
+            f"{type(self).__name__}: d_model {m.d_model}, nlayers {m.nlayers}, nhead {m.nhead}, "
+            f"vocabulary {len(vocab)} tokens; {summary}."
+        )
+        self.init_params_ = self._get_init_params({**init_locals, "vocab": self.vocab_})
 
     def _build_module(self, vocab: GeneVocab, gene_token_ids, **options):
         """``self._module_cls`` for ``vocab`` and each input column's token id

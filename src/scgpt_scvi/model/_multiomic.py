@@ -74,21 +74,20 @@ class SCGPTMultiomic(
         registered modalities). Default: their names sorted, then ``<pad>``, ``<cls>``,
         ``<eoc>`` (RNA + protein: ``{"Protein": 0, "RNA": 1, "<pad>": 2, ...}`` as scGPT's
         tutorial).
-    d_model, nhead, d_hid, nlayers, nlayers_cls, dropout
-        Architecture (scGPT's names). The defaults are :class:`~scgpt_scvi.model.SCGPT`'s
-        from-scratch ones (width 64, 4 heads, feed-forward 128, 2 layers, no dropout), with
-        its 11 value bins, mask ratio 0.25 and the MVC objective on (it is what makes the
-        ``<cls>`` embedding summarise the cell when no labels are registered); see
-        ``scgpt_scvi.model._base.SCRATCH_MODULE_DEFAULTS``. :meth:`from_pretrained` takes
-        the checkpoint's architecture instead.
     max_tokens_per_modality
         Tokens per modality per cell (``<cls>`` not counted): one number for every modality, or
         a mapping from MuData modality name to number (modalities left out are not capped).
     mod_in_input
         Also add the modality embedding to the transformer input (scGPT does not).
-    **module_kwargs
-        Other :class:`~scgpt_scvi.module.SCGPTModule` options (``do_mvc``, ``do_dab``,
-        ``use_batch_labels``, ``n_bins``, ``cell_emb_style``, ``mask_ratio``, ...).
+    **module_options
+        :class:`~scgpt_scvi.module.SCGPTConfig` options (``d_model``, ``nlayers``,
+        ``do_mvc``, ``do_dab``, ``use_batch_labels``, ``n_bins``, ``cell_emb_style``,
+        ``mask_ratio``, ...) and ``use_mod``. The defaults are
+        :class:`~scgpt_scvi.model.SCGPT`'s from-scratch ones
+        (:data:`~scgpt_scvi.model._base.SCRATCH_MODULE_DEFAULTS`: width 64, 4 heads,
+        feed-forward 128, 2 layers, no dropout, 11 bins, mask ratio 0.25) with the MVC
+        objective on (it is what makes the ``<cls>`` embedding summarise the cell when no labels
+        are registered). :meth:`from_pretrained` takes the checkpoint's architecture instead.
 
     Examples
     --------
@@ -100,7 +99,7 @@ class SCGPTMultiomic(
 
     _module_cls = SCGPTMultiomicModule
     _training_plan_cls = SCGPTTrainingPlan
-    _module_defaults = SCRATCH_MODULE_DEFAULTS
+    _module_defaults = {**SCRATCH_MODULE_DEFAULTS, "do_mvc": True}
     _pretrained_parts = SHARED_PREFIXES
     _pretrained_options = (
         "d_model",
@@ -124,15 +123,9 @@ class SCGPTMultiomic(
         mdata: MuData | None = None,
         vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None = None,
         vocab_mod: Mapping[str, int] | str | os.PathLike | None = None,
-        d_model: int = 64,
-        nhead: int = 4,
-        d_hid: int = 128,
-        nlayers: int = 2,
-        nlayers_cls: int = 3,
-        dropout: float = 0.0,
         max_tokens_per_modality: int | Mapping[str, int] = 512,
         mod_in_input: bool = False,
-        **module_kwargs,
+        **module_options,
     ):
         super().__init__(mdata)
         mods = self._registered_modalities()
@@ -154,26 +147,15 @@ class SCGPTMultiomic(
             modality_max_tokens=budgets,
             modality_keys=[MODALITIES[a].registry_key for a in mods],
             mod_in_input=mod_in_input,
-            d_model=d_model,
-            nhead=nhead,
-            d_hid=d_hid,
-            nlayers=nlayers,
-            nlayers_cls=nlayers_cls,
-            dropout=dropout,
-            **module_kwargs,
+            **module_options,
         )
-        self.vocab_ = vocab_obj.get_stoi()
         self.vocab_mod_ = vocab_mod_obj.get_stoi()
-        self._model_summary_string = (
-            f"SCGPTMultiomic: d_model {d_model}, nlayers {nlayers}, nhead {nhead}; modalities "
-            + ", ".join(
-                f"{n} ({len(features[a])} features, <= {k} tokens)"
-                for (a, n), k in zip(mods.items(), budgets)
-            )
-            + f"; vocabulary {len(vocab_obj)} tokens."
+        vocab_mod = self.vocab_mod_  # saved init params hold the table itself, not a path
+        modalities = ", ".join(
+            f"{n} ({len(features[a])} features, <= {k} tokens)"
+            for (a, n), k in zip(mods.items(), budgets)
         )
-        vocab, vocab_mod = self.vocab_, self.vocab_mod_  # saved init params hold the tables
-        self.init_params_ = self._get_init_params(locals())
+        self._record_init(vocab_obj, f"modalities {modalities}", locals())
 
     @classmethod
     def from_pretrained_rna(

@@ -32,7 +32,7 @@ from ..module._perturbation import (
     SCGPTPerturbationModule,
     check_combination,
 )
-from ._base import SCGPTBaseMixin, as_vocab, check_expression, gene_overlap
+from ._base import SCGPTBaseMixin, as_vocab, check_expression
 from ._checks import check_cells, layer_matrix
 from ._fields import CellKeyObsField
 from ._perturbation_analysis import SCGPTPerturbationAnalysisMixin
@@ -41,7 +41,12 @@ from ._training_plan import SCGPTTrainingPlan
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SCGPTPerturbation"]
+#: Architecture of a perturbation model trained from scratch: wider and deeper than
+#: :class:`~scgpt_scvi.model.SCGPT`'s (every measured gene is a token and the task is a
+#: regression of the whole profile), no dropout.
+PERTURBATION_SCRATCH = {"d_model": 128, "nhead": 4, "d_hid": 128, "nlayers": 4, "dropout": 0.0}
+
+__all__ = ["PERTURBATION_SCRATCH", "SCGPTPerturbation"]
 
 
 def _dense_rows(X, rows: np.ndarray) -> np.ndarray:
@@ -87,8 +92,6 @@ class SCGPTPerturbation(
         Gene vocabulary (:class:`~scgpt_scvi.data.GeneVocab`, mapping or ``vocab.json`` path).
         Default: the measured genes, then the target genes that are not measured, then the
         special tokens. A given vocabulary must hold every target gene.
-    d_model, nhead, d_hid, nlayers, nlayers_cls, dropout
-        Architecture (scGPT's names).
     gene_selection
         Genes fed and scored in training: ``"all"`` or ``"batch-wise"`` (see
         :class:`~scgpt_scvi.module.SCGPTPerturbationModule`).
@@ -105,8 +108,11 @@ class SCGPTPerturbation(
         (``benchmarks/bench_defaults.py --tasks norman``, 3 seeds) it scores Pearson-delta
         0.881 (0.880 to 0.882) against the additive baseline's 0.870, and ``"direct"`` 0.831
         (0.76 to 0.92 with the seed).
-    **module_kwargs
-        Other :class:`~scgpt_scvi.module.SCGPTPerturbationModule` options
+    **module_options
+        :class:`~scgpt_scvi.module.SCGPTPerturbationModule` options: architecture
+        (:class:`~scgpt_scvi.module.SCGPTConfig`'s ``d_model``, ``nhead``, ``d_hid``,
+        ``nlayers``, ``nlayers_cls``, ``dropout``, ...; defaults :data:`PERTURBATION_SCRATCH`:
+        width 128, 4 heads, feed-forward 128, 4 layers, no dropout) and the generator's own
         (``decoder_adaptive_bias``, ``explicit_zero_prob``, ``do_mvc``, ``pert_pad_id``,
         ``decoder_activation``, ``seed``, ...).
 
@@ -121,6 +127,7 @@ class SCGPTPerturbation(
 
     _module_cls = SCGPTPerturbationModule
     _training_plan_cls = SCGPTTrainingPlan
+    _module_defaults = PERTURBATION_SCRATCH
     _pretrained_parts = SHARED_PREFIXES
     _pretrained_options = ("d_model", "nhead", "d_hid", "nlayers", "nlayers_cls")
     _default_batch_size = 64  # the original tutorial's
@@ -133,23 +140,16 @@ class SCGPTPerturbation(
         self,
         adata: AnnData,
         vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None = None,
-        d_model: int = 128,
-        nhead: int = 4,
-        d_hid: int = 128,
-        nlayers: int = 4,
-        nlayers_cls: int = 3,
-        dropout: float = 0.0,
         gene_selection: str = "batch-wise",
         combination: Combination = "additive_interaction",
-        **module_kwargs,
+        **module_options,
     ):
         check_combination(combination)
         super().__init__(adata)
         genes = self._gene_names(self.adata)
         conditions = self._conditions()
         targets = [parse_condition(c, *self._parse_args()) for c in conditions]
-        vocab_obj = self._vocab(vocab, genes, targets)
-        token_ids, self.gene_overlap_ = gene_overlap(genes, vocab_obj)
+        vocab_obj, token_ids = self._vocabulary(self._vocab(vocab, genes, targets), genes)
         X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         n_targets = max([len(t) for t in targets] + [1])
         condition_targets = np.full((len(conditions), n_targets), -1, dtype=np.int64)
@@ -158,30 +158,22 @@ class SCGPTPerturbation(
         self.module = self._build_module(
             vocab_obj,
             token_ids,
-            d_model=d_model,
-            nhead=nhead,
-            d_hid=d_hid,
-            nlayers=nlayers,
-            nlayers_cls=nlayers_cls,
-            dropout=dropout,
             condition_targets=torch.as_tensor(condition_targets),
             control_x=torch.as_tensor(_dense_rows(X, self._control_rows())),
             normalize_counts=holds_counts(X),
             gene_selection=gene_selection,
             combination=combination,
             **self._single_deltas(vocab_obj, combination),
-            **module_kwargs,
+            **module_options,
         )
-        self.vocab_ = vocab_obj.get_stoi()
-        self._model_summary_string = (
-            f"SCGPTPerturbation ({combination}): d_model {d_model}, nlayers {nlayers}, "
-            f"nhead {nhead}, {len(conditions)} conditions, "
-            f"{len(self._control_rows())} control cells, "
-            f"{self.gene_overlap_['n_matched']} of {self.gene_overlap_['n_genes']} genes "
-            f"modelled, counts input: {self.module.normalize_counts}."
+        overlap = self.gene_overlap_
+        self._record_init(
+            vocab_obj,
+            f"{combination}, {len(conditions)} conditions, {len(self._control_rows())} control "
+            f"cells, {overlap['n_matched']} of {overlap['n_genes']} genes modelled, counts "
+            f"input: {self.module.normalize_counts}",
+            locals(),
         )
-        vocab = self.vocab_  # saved init params hold the vocabulary itself, not a path
-        self.init_params_ = self._get_init_params(locals())
 
     @classmethod
     def _build_saved(cls, adata: AnnData, registry: dict, attr_dict: dict):

@@ -39,12 +39,10 @@ _FILES = (ARGS_FILE, VOCAB_FILE, "best_model.pt", "best_model.safetensors")
 
 def original_defaults(cls) -> dict:
     """The original's values (:class:`~scgpt_scvi.module.SCGPTConfig`'s defaults) of the options
-    whose from-scratch defaults differ in model class ``cls`` (its signature's and its
-    ``_module_defaults``): what a checkpoint's ``args.json`` that does not state them means."""
+    whose from-scratch defaults differ in model class ``cls`` (its ``_module_defaults``): what a
+    checkpoint's ``args.json`` that does not state them means."""
     fields = config_fields()
-    params = inspect.signature(cls.__init__).parameters.values()
-    ours = {p.name: p.default for p in params if p.name in fields and p.default is not p.empty}
-    ours.update(getattr(cls, "_module_defaults", {}))
+    ours = getattr(cls, "_module_defaults", {})
     return {k: fields[k].default for k, v in ours.items() if v != fields[k].default}
 
 

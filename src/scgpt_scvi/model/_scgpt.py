@@ -20,7 +20,7 @@ from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMix
 from ..data import GeneVocab, check_gene_id_type
 from ..module import SCGPTModule
 from ._analysis import SCGPTAnalysisMixin
-from ._base import EmbeddingMixin, SCGPTBaseMixin, as_vocab, check_expression, gene_overlap
+from ._base import SCRATCH_MODULE_DEFAULTS, EmbeddingMixin, SCGPTBaseMixin, check_expression
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrain import pretrain_classmethod
@@ -53,32 +53,18 @@ class SCGPT(
     vocab
         Gene vocabulary: a :class:`~scgpt_scvi.data.GeneVocab`, a token -> id mapping or a
         ``vocab.json`` path. Default: built from the registered genes.
-    d_model, nhead, d_hid, nlayers, nlayers_cls
-        Architecture (scGPT's names). The defaults are sized to learn from scratch on
-        thousands of cells in minutes on a laptop CPU: width 64 with 4 heads and a 128-wide
-        feed-forward, 2 layers (a cell's few hundred expressed genes are a short sequence;
-        deeper models need far more cells to beat two layers). The released whole-human model
-        is ``d_model=512, nhead=8, d_hid=512, nlayers=12``; :meth:`from_pretrained` reads the
-        architecture from the checkpoint, so these defaults never apply to it.
-    dropout
-        Dropout (default 0: small data, few epochs, and attention dropout makes CPU attention
-        several times slower; the original uses 0.2).
-    max_seq_len
-        Tokens per cell including ``<cls>``; cells with more expressed genes are sampled down.
-        Default 512: covers every expressed gene of typical droplet cells against a filtered gene
-        panel, and bounds the quadratic attention cost.
-    n_bins
-        Value bins per cell (default 11). Fewer bins make a small from-scratch model learn
-        faster and more reliably (each bin holds more genes); the original and its checkpoints
-        use 51.
-    mask_ratio
-        Fraction of each cell's gene tokens masked for MLM in training (default 0.25; the
-        original 0.4, which removes too much of a short cell for the CLS objective).
-    **module_kwargs
-        Other :class:`~scgpt_scvi.module.SCGPTModule` options (``do_mvc``, ``do_dab``,
-        ``use_batch_labels``, ``domain_spec_batchnorm``, ``input_emb_style``,
-        ``cell_emb_style``, ``explicit_zero_prob``, ``ecs_threshold``, ``pre_norm``,
-        ``attention_backend``, ...).
+    **module_options
+        Architecture, tokenisation and objective options: the fields of
+        :class:`~scgpt_scvi.module.SCGPTConfig` (scGPT's names: ``d_model``, ``nhead``,
+        ``d_hid``, ``nlayers``, ``nlayers_cls``, ``dropout``, ``max_seq_len``, ``n_bins``,
+        ``mask_ratio``, ``do_mvc``, ``do_dab``, ``use_batch_labels``,
+        ``domain_spec_batchnorm``, ``input_emb_style``, ``cell_emb_style``,
+        ``explicit_zero_prob``, ``mlm_loss``, ``attention_backend``, ...). The defaults are the
+        from-scratch ones of :data:`~scgpt_scvi.model._base.SCRATCH_MODULE_DEFAULTS` (width 64,
+        4 heads, feed-forward 128, 2 layers, no dropout, 11 bins, mask ratio 0.25, explained
+        there) and ``max_seq_len=512`` (covers every expressed gene of typical droplet cells
+        against a filtered gene panel, and bounds the quadratic attention cost); the rest are
+        scGPT's. :meth:`from_pretrained` reads the checkpoint's instead.
 
     Examples
     --------
@@ -92,50 +78,27 @@ class SCGPT(
     _module_cls = SCGPTModule
     _training_plan_cls = SCGPTTrainingPlan
     _genes_matched_by_name = True
+    _module_defaults = {**SCRATCH_MODULE_DEFAULTS, "max_seq_len": 512}
     pretrain = classmethod(pretrain_classmethod)
 
     def __init__(
         self,
         adata: AnnData | None = None,
         vocab: GeneVocab | Mapping[str, int] | str | os.PathLike | None = None,
-        d_model: int = 64,
-        nhead: int = 4,
-        d_hid: int = 128,
-        nlayers: int = 2,
-        nlayers_cls: int = 3,
-        dropout: float = 0.0,
-        max_seq_len: int = 512,
-        n_bins: int | None = 11,
-        mask_ratio: float = 0.25,
-        **module_kwargs,
+        **module_options,
     ):
         super().__init__(adata)
         genes = self._gene_names(self.adata)
-        vocab_obj = as_vocab(vocab, genes)
-        token_ids, self.gene_overlap_ = gene_overlap(genes, vocab_obj)
-        self.module = self._build_module(
-            vocab_obj,
-            token_ids,
-            d_model=d_model,
-            nhead=nhead,
-            d_hid=d_hid,
-            nlayers=nlayers,
-            nlayers_cls=nlayers_cls,
-            dropout=dropout,
-            max_seq_len=max_seq_len,
-            n_bins=n_bins,
-            mask_ratio=mask_ratio,
-            **module_kwargs,
-        )
-        self.vocab_ = vocab_obj.get_stoi()
+        vocab_obj, token_ids = self._vocabulary(vocab, genes)
+        self.module = self._build_module(vocab_obj, token_ids, **module_options)
         self.normalize_embeddings_ = False
-        self._model_summary_string = (
-            f"SCGPT: d_model {d_model}, nlayers {nlayers}, nhead {nhead}, vocabulary "
-            f"{len(vocab_obj)} tokens, {self.gene_overlap_['n_matched']} of "
-            f"{self.gene_overlap_['n_genes']} genes tokenised, max_seq_len {max_seq_len}."
+        overlap = self.gene_overlap_
+        self._record_init(
+            vocab_obj,
+            f"{overlap['n_matched']} of {overlap['n_genes']} genes tokenised, max_seq_len "
+            f"{self.module.max_seq_len}",
+            locals(),
         )
-        vocab = self.vocab_  # saved init params hold the vocabulary itself, not a path
-        self.init_params_ = self._get_init_params(locals())
 
     # ------------------------------------------------------------------ setup
     @classmethod

@@ -13,6 +13,7 @@ from ._common import (
 )
 from ._config import SCGPTConfig, args_keys, config_fields
 from ._constants import CELL_EMB_STYLES, CELL_KEY, MODULE_KEYS, PERT_KEY
+from ._masked import MaskedValueModule
 from ._multiomic import SCGPTMultiomicModule
 from ._objectives import (
     DAB_WEIGHT,
@@ -44,6 +45,7 @@ __all__ = [
     "REGRESSION_LOSSES",
     "HeadSpec",
     "LossContext",
+    "MaskedValueModule",
     "Objective",
     "SCGPTConfig",
     "SCGPTModule",

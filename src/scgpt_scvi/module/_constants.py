@@ -2,9 +2,24 @@
 
 from typing import NamedTuple
 
+import torch
+
 from ..nn import CELL_EMB_STYLES
 
-__all__ = ["CELL_KEY", "CELL_EMB_STYLES", "MODULE_KEYS", "PERT_KEY"]
+__all__ = [
+    "CELL_KEY",
+    "CELL_EMB_STYLES",
+    "MODULE_KEYS",
+    "PERT_KEY",
+    "Tensor",
+    "OptTensor",
+    "Tensors",
+]
+
+#: Type aliases of the modules' signatures.
+Tensor = torch.Tensor
+OptTensor = torch.Tensor | None
+Tensors = dict[str, torch.Tensor]
 
 #: Registry key of the per-cell integer keys that seed tokenisation.
 CELL_KEY = "cell_key"

@@ -26,7 +26,7 @@ from ..data import keyed_uniform, log_normalize
 from ..nn import AffineExprDecoder
 from ._common import adopt_config, draw_seed, family_loss, generate, head_spec, parity_forward
 from ._config import SCGPTConfig
-from ._constants import CELL_KEY, MODULE_KEYS, PERT_KEY
+from ._constants import CELL_KEY, MODULE_KEYS, PERT_KEY, Tensors
 from ._objectives import build_heads
 
 __all__ = [
@@ -421,11 +421,7 @@ class SCGPTPerturbationModule(BaseModuleClass):
         return generate(self, self.head_inputs(h, cell_emb, gene_embs, values), do_mvc, do_sample)
 
     def loss(
-        self,
-        tensors: dict[str, torch.Tensor],
-        inference_outputs: dict[str, torch.Tensor],
-        generative_outputs: dict[str, torch.Tensor],
-        **weights: float | None,
+        self, tensors: Tensors, inference_outputs: Tensors, generative_outputs: Tensors, **weights
     ) -> LossOutput:
         """MSE of the predicted against the perturbed cell's expression on the fed genes.
 
