@@ -62,6 +62,16 @@ def fixtures_dir(shared_dir: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def fixture_dir(fixtures_dir):
+    """``<shared>/fixtures/multiomic`` (scGPT's ``MultiOmicTransformerModel``), used by the
+    multiomic module and model tests; skips when absent (fails under ``CI=true``)."""
+    path = fixtures_dir / "multiomic"
+    if not path.is_dir():
+        pytest.skip(f"{path} not found")
+    return path
+
+
 def _skip_reason(report) -> str:
     longrepr = report.longrepr
     reason = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)

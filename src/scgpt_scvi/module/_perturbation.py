@@ -297,13 +297,13 @@ class SCGPTPerturbationModule(BaseModuleClass):
         cls_value = torch.full((B, 1), self.cls_value, dtype=x_in.dtype, device=dev)
         extra_values = torch.zeros(extra.shape, dtype=x_in.dtype, device=dev)
         return {
-            "gene_ids": torch.cat(
+            K.GENE_IDS_KEY: torch.cat(
                 [first + self.cls_id, col_ids, extra.masked_fill(pad, self.pad_id)], 1
             ),
-            "values": torch.cat(
+            K.VALUES_KEY: torch.cat(
                 [cls_value, x_in[:, columns], extra_values.masked_fill(pad, self.pad_value)], 1
             ),
-            "pert_flags": torch.cat(
+            K.PERT_FLAGS_KEY: torch.cat(
                 [
                     first,
                     is_target.long(),
@@ -311,7 +311,7 @@ class SCGPTPerturbationModule(BaseModuleClass):
                 ],
                 1,
             ),
-            "padding_mask": torch.cat([is_target.new_zeros(B, 1 + columns.numel()), pad], 1),
+            K.PADDING_MASK_KEY: torch.cat([is_target.new_zeros(B, 1 + columns.numel()), pad], 1),
         }
 
     def encode_tokens(
@@ -329,9 +329,9 @@ class SCGPTPerturbationModule(BaseModuleClass):
     # ---------------------------------------------------------------- scvi hooks
     def _get_inference_input(self, tensors: dict[str, torch.Tensor]) -> dict:
         return {
-            "x": tensors[REGISTRY_KEYS.X_KEY],
-            "condition": tensors[PERT_KEY],
-            "cell_keys": tensors.get(CELL_KEY),
+            K.X_KEY: tensors[REGISTRY_KEYS.X_KEY],
+            K.CONDITION_KEY: tensors[PERT_KEY],
+            K.CELL_KEYS_KEY: tensors.get(CELL_KEY),
         }
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -382,23 +382,25 @@ class SCGPTPerturbationModule(BaseModuleClass):
         tok = self.build_tokens(x_in, targets, columns)
         h, gene_embs = self.encode_tokens(**tok)
         out = {
-            "h": h,
-            "cell_emb": self.backbone.pool(h, tok["values"], tok["padding_mask"]),
-            "gene_embs": gene_embs,
-            "columns": columns,
-            "x_in": x_in,
+            K.H_KEY: h,
+            K.CELL_EMB_KEY: self.backbone.pool(h, tok[K.VALUES_KEY], tok[K.PADDING_MASK_KEY]),
+            K.GENE_EMBS_KEY: gene_embs,
+            K.COLUMNS_KEY: columns,
+            K.X_IN_KEY: x_in,
             **tok,
         }
         if self.combination == "additive_interaction":
-            out["expected"] = self.additive_expectation(targets)
+            out[K.EXPECTED_KEY] = self.additive_expectation(targets)
         if x is not None:
-            out["target_values"] = x[:, columns]
-            if "expected" in out:  # the heads regress the residual over the expectation
-                out["target_values"] = out["target_values"] - out["expected"][:, columns]
+            target = x[:, columns]
+            if K.EXPECTED_KEY in out:  # the heads regress the residual over the expectation
+                target = target - out[K.EXPECTED_KEY][:, columns]
+            out[K.TARGET_VALUES_KEY] = target
         return out
 
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
-        return {k: inference_outputs[k] for k in ("h", "cell_emb", "gene_embs", "values")}
+        keys = (K.H_KEY, K.CELL_EMB_KEY, K.GENE_EMBS_KEY, K.VALUES_KEY)
+        return {k: inference_outputs[k] for k in keys}
 
     def head_inputs(
         self, h: torch.Tensor, cell_emb: torch.Tensor, gene_embs: torch.Tensor, values: torch.Tensor
@@ -457,16 +459,17 @@ class SCGPTPerturbationModule(BaseModuleClass):
         inf = self.inference(
             targets=targets.to(self.device), control_index=control_index.to(self.device)
         )
-        gen = self.generative(inf["h"], inf["cell_emb"], inf["gene_embs"], inf["values"], False)
-        cols = inf["columns"]
-        pred = gen["mlm_output"][:, 1 : 1 + cols.numel()]
-        if "mlm_nonzero_prob" in gen:
-            pred = pred * gen["mlm_nonzero_prob"][:, 1 : 1 + cols.numel()]
-        if "expected" in inf:
-            out = inf["expected"].clone()
+        keys = (K.H_KEY, K.CELL_EMB_KEY, K.GENE_EMBS_KEY, K.VALUES_KEY)
+        gen = self.generative(*(inf[k] for k in keys), do_mvc=False)
+        cols = inf[K.COLUMNS_KEY]
+        pred = gen[K.MLM_OUTPUT_KEY][:, 1 : 1 + cols.numel()]
+        if K.MLM_NONZERO_PROB_KEY in gen:
+            pred = pred * gen[K.MLM_NONZERO_PROB_KEY][:, 1 : 1 + cols.numel()]
+        if K.EXPECTED_KEY in inf:
+            out = inf[K.EXPECTED_KEY].clone()
             out[:, cols] += pred.to(out.dtype)
             return out
-        x_in = inf["x_in"]
+        x_in = inf[K.X_IN_KEY]
         out = torch.where(self.gene_token_ids >= 0, torch.zeros_like(x_in), x_in)
         out[:, cols] = pred.to(out.dtype)
         return out

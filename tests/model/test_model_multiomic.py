@@ -1,10 +1,11 @@
-"""``SCGPTMultiomic`` / ``SCGPTMultiomicModule``: parity with scGPT's ``MultiOmicTransformerModel``
-(``fixtures/multiomic``), MuData setup and its errors, tokens, training, embedding, save / load."""
+"""``SCGPTMultiomic``: MuData setup and its errors, the vocabulary layout (against
+``fixtures/multiomic``), tokens, training, embedding, save / load, from_pretrained."""
 
 from __future__ import annotations
 
-import json
+import sys
 import warnings
+from pathlib import Path
 
 import anndata as ad
 import mudata as md
@@ -17,10 +18,10 @@ from scipy import sparse
 from scgpt_scvi import SCGPTMultiomic
 from scgpt_scvi.checkpoint import to_torch_layout
 from scgpt_scvi.data import GeneVocab
-from scgpt_scvi.module import SCGPTMultiomicModule
 
-ATOL = 1e-5
-LOCAL_BUFFERS = {"gene_token_ids", "token_mod_ids"}
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: shared helpers
+from _helpers_multiomic import _check_outputs, _fixture_kwargs, _load_fixture  # noqa: E402
+
 SMALL = {"d_model": 16, "nhead": 2, "d_hid": 16, "nlayers": 1}
 TRAIN = {
     "batch_size": 16,
@@ -94,85 +95,6 @@ def multiome(shared_dir) -> md.MuData:
 
 
 # ---------------------------------------------------------------------- parity
-@pytest.fixture(scope="module")
-def fixture_dir(fixtures_dir):
-    path = fixtures_dir / "multiomic"
-    if not path.is_dir():
-        pytest.skip(f"{path} not found")
-    return path
-
-
-def _fixture_kwargs(folder) -> dict:
-    cfg = json.loads((folder / "config.json").read_text())["kwargs"]
-    keep = (
-        "d_model",
-        "nhead",
-        "d_hid",
-        "nlayers",
-        "nlayers_cls",
-        "n_cls",
-        "dropout",
-        "pad_value",
-        "do_mvc",
-        "do_dab",
-        "use_batch_labels",
-        "num_batch_labels",
-        "input_emb_style",
-        "cell_emb_style",
-        "mvc_decoder_style",
-        "explicit_zero_prob",
-        "pre_norm",
-    )
-    return {k: cfg[k] for k in keep}
-
-
-def _load_fixture(module, folder):
-    sd = to_torch_layout(torch.load(folder / "best_model.pt", weights_only=True))
-    result = module.load_state_dict(sd, strict=False)
-    return sd, result
-
-
-def _check_outputs(out, case, key="outputs"):
-    pad = case["inputs"]["src_key_padding_mask"]
-    for name in ("cell_emb", "mlm_output", "mvc_output"):
-        ref = case[key][name]
-        diff = (out[name] - ref)[~pad] if ref.shape == pad.shape else out[name] - ref
-        assert diff.abs().max().item() <= ATOL, name
-
-
-def test_parity_with_original_multiomic_model(fixture_dir):
-    vocab = GeneVocab.from_file(fixture_dir / "vocab.json")
-    vocab_mod = json.loads((fixture_dir / "vocab_mod.json").read_text())
-    module = SCGPTMultiomicModule(
-        ntoken=778,
-        ntokens_mod=len(vocab_mod),
-        mod_pad_id=vocab_mod["<pad>"],
-        pad_id=vocab.pad_id,
-        cls_id=vocab.cls_id,
-        **_fixture_kwargs(fixture_dir),
-    )
-    sd, result = _load_fixture(module, fixture_dir)
-    assert result.unexpected_keys == []
-    assert set(result.missing_keys) <= LOCAL_BUFFERS  # our buffers, not in checkpoints
-    assert set(module.state_dict()) - LOCAL_BUFFERS == set(sd)
-    # the attention weights (left random by scgpt.utils.load_pretrained) are loaded
-    attn = "transformer_encoder.layers.1.self_attn.in_proj_weight"
-    assert torch.equal(module.state_dict()[attn], sd[attn])
-    module.eval()
-    case = torch.load(fixture_dir / "case.pt", weights_only=True)
-    inp = case["inputs"]
-    args = (inp["gene_ids"], inp["values"], inp["src_key_padding_mask"], inp["batch_labels"])
-    with torch.no_grad():
-        _check_outputs(module.forward_tokens(*args, mod_types=inp["mod_types"], MVC=True), case)
-    _check_outputs(
-        module.forward_tokens(*args, mod_types=inp["mod_types"], MVC=True),
-        case,
-        "outputs_grad_enabled",
-    )
-    with pytest.raises(ValueError, match="mod_types"):
-        module.forward_tokens(*args, MVC=True)  # no token -> modality table in this module
-
-
 def test_model_vocab_layout_reproduces_fixture(fixture_dir):
     """The wrapper, given the fixture's vocabularies, builds the same token and modality ids:
     the modality of each position follows from its token, matching the original's mod_types."""
@@ -199,29 +121,6 @@ def test_model_vocab_layout_reproduces_fixture(fixture_dir):
             inp["gene_ids"], inp["values"], pad, inp["batch_labels"], MVC=True
         )
     _check_outputs(out, case)
-
-
-def test_mod_in_input_option():
-    kwargs = {
-        "ntoken": 10,
-        "pad_id": 7,
-        "cls_id": 8,
-        "token_mod_ids": torch.tensor([1, 1, 1, 1, 0, 0, 0, 2, 3, 4]),
-        **SMALL,
-    }
-    torch.manual_seed(0)
-    off = SCGPTMultiomicModule(**kwargs).eval()
-    on = SCGPTMultiomicModule(mod_in_input=True, **kwargs).eval()
-    on.load_state_dict(off.state_dict())
-    ids = torch.tensor([[8, 0, 2, 4, 5, 7]])
-    values = torch.tensor([[0.0, 1, 2, 3, 1, -2]])
-    pad = ids.eq(7)
-    h_off, _ = off.encode(ids, values, pad)
-    h_on, _ = on.encode(ids, values, pad)
-    extra = off.mod_encoder(off.modality_types(ids))
-    h_ref, _ = off.backbone(ids, values, pad, extra_embs=extra)
-    assert not torch.allclose(h_off, h_on)
-    assert torch.allclose(h_on, h_ref)
 
 
 # ---------------------------------------------------------------------- setup errors
