@@ -300,6 +300,32 @@ def test_activation_checkpointing_identical_gradients(pre_norm):
         assert torch.equal(g, grads[1][name]), name
 
 
+def test_checkpointed_cpu_training_releases_freed_memory_per_layer(monkeypatch):
+    """Memory-lean mode hands freed heap memory back after each layer's forward and after each
+    layer's recomputation in backward; plain training and inference never call it."""
+    import ctypes.util
+
+    import scgpt_scvi.nn._transformer as tr
+
+    if ctypes.util.find_library("c") and "libc.so.6" in str(ctypes.util.find_library("c")):
+        assert tr.release_freed_memory() is True  # glibc: malloc_trim is there
+    calls = []
+    monkeypatch.setattr(tr, "release_freed_memory", lambda: calls.append(1) or True)
+    kwargs = dict(d_model=D, nhead=H, d_hid=D_HID, dropout=0.2)
+    x, pm = _inputs()
+    for enc, expected in (
+        (TransformerEncoder(3, checkpoint_activations=True, **kwargs), 6),
+        (TransformerEncoder(3, **kwargs), 0),
+    ):
+        calls.clear()
+        enc(x, pm)[~pm].pow(2).mean().backward()
+        assert len(calls) == expected
+        calls.clear()
+        with torch.no_grad():
+            enc.eval()(x, pm)
+        assert calls == []
+
+
 def _sdpa_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0):
     """Stand-in for ``flash_attn_varlen_func``: SDPA on each packed segment."""
     out = torch.empty_like(q)

@@ -42,6 +42,7 @@ from ._transformer import (
     TransformerEncoderLayer,
     chunked_dropout_attention,
     flash_attn_available,
+    release_freed_memory,
     varlen_attention,
 )
 
@@ -82,6 +83,7 @@ __all__ = [
     "ecs_loss",
     "chunked_dropout_attention",
     "flash_attn_available",
+    "release_freed_memory",
     "varlen_attention",
     "grad_reverse",
     "layer_attention_weights",

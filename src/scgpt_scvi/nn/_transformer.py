@@ -8,6 +8,8 @@ Parameter names follow ``torch.nn.TransformerEncoderLayer``: ``self_attn.in_proj
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -24,6 +26,7 @@ __all__ = [
     "TransformerEncoder",
     "chunked_dropout_attention",
     "flash_attn_available",
+    "release_freed_memory",
     "varlen_attention",
 ]
 
@@ -349,7 +352,11 @@ class TransformerEncoder(nn.Module):
     checkpoint_activations
         In training, keep only each layer's input and recompute the layer in backward
         (``torch.utils.checkpoint``, dropout masks reproduced): gradients are identical, memory
-        for activations drops to about one layer's, at the cost of one more forward pass.
+        for activations drops to about one layer's, at the cost of one more forward pass. On
+        CPU each layer's freed memory is then also handed back to the operating system
+        (:func:`release_freed_memory`), so the peak resident memory follows the live tensors:
+        glibc otherwise keeps freed activation buffers as heap fragments, which at 8 x 512 tokens
+        of the whole-human model more than doubles the peak (3.5 GB instead of 1.9 GB).
     **layer_kwargs
         :class:`TransformerEncoderLayer` options.
 
@@ -368,9 +375,46 @@ class TransformerEncoder(nn.Module):
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Run every layer; ``padding_mask`` ``(B, L)`` is True at pads."""
         recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
+        trim = recompute and x.device.type == "cpu"
         for layer in self.layers:
             if recompute:
                 x = checkpoint(layer, x, padding_mask, use_reentrant=False)
             else:
                 x = layer(x, padding_mask)
+            if trim:
+                release_freed_memory()
+                if x.requires_grad:  # and after this layer's recomputation in backward
+                    x.register_hook(_release_after_backward)
         return x
+
+
+def release_freed_memory() -> bool:
+    """Return the C heap's free memory to the operating system (glibc's ``malloc_trim(0)``).
+
+    PyTorch's CPU tensors come from ``malloc``; glibc keeps freed blocks up to its dynamic mmap
+    threshold (32 MiB) in the heap, fragmented, so a process's resident memory can stay far
+    above its live tensors. Returns False where glibc is not the C library (nothing is done).
+
+    Examples
+    --------
+    >>> from scgpt_scvi.nn import release_freed_memory
+    >>> isinstance(release_freed_memory(), bool)
+    True
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
+
+
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_after_backward(grad: torch.Tensor) -> None:
+    release_freed_memory()
