@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import scanpy as sc
+import scvi
 from anndata import AnnData
 from scipy import sparse
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ref = adata[train].copy()
     SCGPT.setup_anndata(ref, labels_key="bulk_labels")
+    scvi.settings.seed = args.seed  # initial weights, validation split, minibatch order
     model = SCGPT(ref, seed=args.seed)  # the defaults: no tuning
     start = time.perf_counter()
     model.train(max_epochs=args.epochs)
