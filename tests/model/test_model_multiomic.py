@@ -238,6 +238,27 @@ def test_rna_protein_trains_embeds_and_round_trips(cite, tmp_path):
     np.testing.assert_allclose(loaded.get_latent_representation(), z, atol=1e-6)
 
 
+def test_embeddings_match_genes_and_proteins_by_name(cite):
+    """Another feature order in each modality gives the same embeddings (matched by name);
+    other features are an error naming the modality."""
+    mdata = cite.copy()
+    _setup(mdata)
+    model = SCGPTMultiomic(mdata, max_tokens_per_modality={"rna": 48}, **SMALL)
+    z = model.get_latent_representation()
+    rna, prot = mdata["rna"], mdata["prot"]
+    shuffled = md.MuData(
+        {
+            "rna": rna[:, rna.var_names[::-1]].copy(),
+            "prot": prot[:, np.roll(np.arange(prot.n_vars), 3)].copy(),
+        }
+    )
+    np.testing.assert_allclose(model.get_latent_representation(shuffled), z, atol=1e-5)
+    other = shuffled.copy()
+    other.mod["prot"].var_names = [f"X{i}" for i in range(prot.n_vars)]
+    with pytest.raises(ValueError, match="'prot'"):
+        model.get_latent_representation(other)
+
+
 def test_rna_atac_with_batches_trains_with_dab(multiome):
     mdata = multiome.copy()
     _setup(mdata, batch_key="batch", modalities={"rna_layer": "rna", "atac_layer": "atac"})

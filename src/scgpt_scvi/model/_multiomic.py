@@ -9,6 +9,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import pandas as pd
+import torch
 from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
@@ -260,8 +261,31 @@ class SCGPTMultiomic(
         mods = self.registry_["setup_args"]["modalities"]
         return {arg: mods[arg] for arg in MODALITIES if mods.get(arg)}
 
-    def _feature_tokens(self, arg: str, name: str) -> list[str]:
-        return [MODALITIES[arg].prefix + str(v) for v in self.adata.mod[name].var_names]
+    def _feature_tokens(self, arg: str, name: str, mdata: MuData | None = None) -> list[str]:
+        data = self.adata if mdata is None else mdata
+        return [MODALITIES[arg].prefix + str(v) for v in data.mod[name].var_names]
+
+    def _token_ids_of(self, mdata: MuData | None) -> torch.Tensor | None:
+        """Vocabulary id of each input column of ``mdata`` (its modalities side by side) when a
+        modality's features come in another order than the registered ones, matched by name;
+        ``None`` in the registered order."""
+        if mdata is None or mdata is self.adata:
+            return None
+        blocks, start, reordered = [], 0, False
+        for arg, name in self._registered_modalities().items():
+            ref = pd.Index(self._feature_tokens(arg, name))
+            new = pd.Index(self._feature_tokens(arg, name, mdata))
+            block = self.module.gene_token_ids[start : start + len(ref)]
+            start += len(ref)
+            if not new.equals(ref):
+                if len(new) != len(ref) or set(new) != set(ref):
+                    raise ValueError(
+                        f"mdata[{name!r}] holds other features than the model was set up with; "
+                        "subset it to the model's features first."
+                    )
+                block, reordered = block[torch.as_tensor(ref.get_indexer(new))], True
+            blocks.append(block)
+        return torch.cat(blocks) if reordered else None
 
     def _token_ids(
         self, features: dict[str, list[str]], vocab: GeneVocab
