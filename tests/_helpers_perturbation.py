@@ -1,5 +1,5 @@
-"""Perturbation data shared by ``tests/module/test_module_perturbation.py`` and
-``tests/model/test_model_perturbation.py``: counts with perturbation-specific shifts."""
+"""Perturbation data shared by the perturbation tests (module, model, data, metrics): counts
+with perturbation-specific shifts."""
 
 from __future__ import annotations
 

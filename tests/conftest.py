@@ -22,7 +22,7 @@ pytest_plugins = ["pytester"]
 TESTS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = TESTS_DIR.parent
 #: Test folders of the engine (tiny models), run with one torch intra-op thread.
-_SINGLE_THREAD_DIRS = ("nn", "data", "module")
+_SINGLE_THREAD_DIRS = ("nn", "data", "module", "checkpoint")
 
 
 def _shared_path() -> Path:

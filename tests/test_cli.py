@@ -21,12 +21,7 @@ N_CELLS = 100
 PBMC = "data/pbmc68k_reduced_counts_700cells.h5ad"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +240,7 @@ def test_console_errors_have_no_traceback(tiny, tmp_path):
     assert run.stderr.strip().splitlines() == [
         "scgpt-scvi embed: error: --batch-size must be >= 1; got -1."
     ]
+
 
 def test_embed_quantize_and_precision(in_memory_run, pbmc_file, model_dir, tmp_path, capsys):
     """``--quantize int8`` stays close to fp32; an unsupported ``--precision`` is a clean error."""

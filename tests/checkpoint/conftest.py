@@ -1,5 +1,5 @@
-"""Fixtures of the checkpoint tests: one torch thread, pbmc cells, checkpoint folders to edit
-and bare modules shaped like the reference fixtures'."""
+"""Fixtures of the checkpoint tests: pbmc cells, checkpoint folders to edit and bare modules
+shaped like the reference fixtures' (one torch thread per test: ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -16,14 +16,6 @@ from scgpt_scvi import SCGPT
 from scgpt_scvi.module import SCGPTModule
 
 PBMC = "data/pbmc68k_reduced_counts_700cells.h5ad"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
