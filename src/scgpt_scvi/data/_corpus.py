@@ -625,4 +625,3 @@ def iter_plan_cells(plan: BlockPlan, epoch: int) -> Iterator[tuple[int, int, np.
     for step in range(plan.n_steps):
         for rank in range(plan.world_size):
             yield step, rank, plan.cells(epoch, step, rank)
-

@@ -430,18 +430,20 @@ class SCGPTBaseMixin(PretrainedMixin):
         genes = getattr(self, "model_genes_", None)
         return pd.Index(genes) if genes is not None else self._gene_names(self.adata)
 
-    def _token_lengths(self, adata: AnnData, indices: np.ndarray) -> np.ndarray | None:
+    def _token_lengths(
+        self, adata: AnnData, indices: np.ndarray, gene_token_ids: torch.Tensor | None = None
+    ) -> np.ndarray | None:
         """Tokens each cell of ``indices`` gets (before the ``max_seq_len`` cap), or ``None``
         when all cells get the same number (``include_zero_genes``) or the tokens come from
-        more than the registered ``X`` (several modalities)."""
+        more than the registered ``X`` (several modalities). ``gene_token_ids``: each column's
+        vocabulary id when the columns are not in the module's order."""
         manager = self.get_anndata_manager(adata, required=True)
         if getattr(self.module, "include_zero_genes", True) or (
             REGISTRY_KEYS.X_KEY not in manager.data_registry
         ):
             return None
         X = manager.get_from_registry(REGISTRY_KEYS.X_KEY)
-        ids = getattr(self, "_token_ids_of", lambda data: None)(adata)
-        ids = self.module.gene_token_ids if ids is None else ids
+        ids = self.module.gene_token_ids if gene_token_ids is None else gene_token_ids
         if ids.numel() != X.shape[1]:
             return None
         return token_counts(X, (ids >= 0).cpu().numpy())[indices]
@@ -474,6 +476,7 @@ class SCGPTBaseMixin(PretrainedMixin):
         precision: str | None = None,
         quantize: str | None = None,
         bucket: bool = False,
+        gene_token_ids: torch.Tensor | None = None,
         progress_bar: bool = False,
         **loader_kwargs,
     ) -> np.ndarray:
@@ -482,8 +485,10 @@ class SCGPTBaseMixin(PretrainedMixin):
         With ``bucket``, cells are batched by token count (longest first, so minibatches carry
         few pads) and the results are put back in the order of ``indices``; results are the
         same as without it because a cell's tokens and embedding do not depend on its
-        minibatch. ``precision`` runs under autocast (see :func:`~scgpt_scvi.nn.autocast`),
-        ``quantize="int8"`` on a dynamic-int8 copy of the module (CPU).
+        minibatch (``gene_token_ids``: the columns' vocabulary ids, when not the module's
+        order, for counting tokens). ``precision`` runs under autocast (see
+        :func:`~scgpt_scvi.nn.autocast`), ``quantize="int8"`` on a dynamic-int8 copy of the
+        module (CPU).
         """
         adata = self._validate_anndata(adata)
         precision = resolve_precision(self.device, precision)
@@ -491,7 +496,7 @@ class SCGPTBaseMixin(PretrainedMixin):
         if positions.dtype == bool:
             positions = np.flatnonzero(positions)
         batch_size = batch_size or 64
-        lengths = self._token_lengths(adata, positions) if bucket else None
+        lengths = self._token_lengths(adata, positions, gene_token_ids) if bucket else None
         run = None if lengths is None else _bucketed_order(lengths, batch_size)
         loader = self._make_data_loader(
             adata=adata,
@@ -590,5 +595,6 @@ class EmbeddingMixin:
             precision=precision,
             quantize=quantize,
             bucket=True,
+            gene_token_ids=ids,
             progress_bar=progress_bar,
         )

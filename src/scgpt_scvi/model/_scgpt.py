@@ -202,6 +202,7 @@ class SCGPT(
             indices,
             batch_size,
             bucket=True,
+            gene_token_ids=ids,
         )
         if soft:
             obs = (adata if adata is not None else self.adata).obs_names

@@ -28,6 +28,7 @@ from ._objectives import (
     per_cell_mse,
     regression,
     run_heads,
+    second_view_cce,
     weighted_loss,
 )
 from ._perturbation import SCGPTPerturbationModule
@@ -67,6 +68,7 @@ __all__ = [
     "pool_cells",
     "regression",
     "run_heads",
+    "second_view_cce",
     "tokenize_columns",
     "weighted_loss",
 ]

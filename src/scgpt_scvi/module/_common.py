@@ -10,10 +10,17 @@ from scvi.module.base import LossOutput
 from torch import nn
 
 from ..data import TokenizedBatch, mask_values, tokenize
-from ..nn import TokenBackbone
+from ..nn import TokenBackbone, ecs_loss
 from ._config import SCGPTConfig
 from ._constants import MODULE_KEYS
-from ._objectives import HeadSpec, LossContext, per_cell_mse, run_heads, weighted_loss
+from ._objectives import (
+    HeadSpec,
+    LossContext,
+    per_cell_mse,
+    run_heads,
+    second_view_cce,
+    weighted_loss,
+)
 
 __all__ = [
     "adopt_config",
@@ -204,8 +211,6 @@ def parity_forward(
     """scGPT's ``forward`` outputs from encoded tokens: ``cell_emb``, ``mlm_output`` and the
     ``keys`` the heads give, ``cls_output`` (``CLS``), ``loss_cce`` (``second_view``: the
     encoder arguments of a second pass), ``loss_ecs`` (``ECS``)."""
-    from ..nn import cce_loss, ecs_loss
-
     cell_emb = module.backbone.pool(h, values, padding_mask)
     gen = generate(module, head_inputs(cell_emb), do_mvc=MVC, do_sample=do_sample)
     out = {K.CELL_EMB_KEY: cell_emb, K.MLM_OUTPUT_KEY: gen[K.MLM_OUTPUT_KEY]}
@@ -213,8 +218,7 @@ def parity_forward(
     if CLS:
         out[K.CLS_OUTPUT_KEY] = gen[K.CLS_OUTPUT_KEY]
     if second_view is not None:
-        h2, _ = module.encode(*second_view)
-        out["loss_cce"] = cce_loss(cell_emb, module.backbone.pool(h2, values, padding_mask))
+        out["loss_cce"] = second_view_cce(module, cell_emb, *second_view)
     if ECS:
         out["loss_ecs"] = ecs_loss(cell_emb, module.ecs_threshold)
     return out

@@ -45,6 +45,7 @@ __all__ = [
     "per_cell_mse",
     "regression",
     "run_heads",
+    "second_view_cce",
     "weighted_loss",
 ]
 
@@ -201,14 +202,30 @@ def _mlm_loss(ctx: LossContext) -> torch.Tensor:
     return regression(ctx.gen, "mlm", ctx.target, ctx.mask, ctx.groups, m.mlm_loss, m.huber_delta)
 
 
+def second_view_cce(
+    module: nn.Module,
+    cell_emb: torch.Tensor,
+    gene_ids: torch.Tensor,
+    values: torch.Tensor,
+    padding_mask: torch.Tensor,
+    batch_index: torch.Tensor | None,
+) -> torch.Tensor:
+    """scGPT's CCE: the contrastive loss between ``cell_emb`` and a second encoder pass of the
+    same tokens (another dropout draw)."""
+    h2, _ = module.encode(gene_ids, values, padding_mask, batch_index)
+    return cce_loss(cell_emb, module.backbone.pool(h2, values, padding_mask))
+
+
 def _cce_loss(ctx: LossContext) -> torch.Tensor:
-    """Contrastive loss between two dropout views of the cells (a second encoder pass)."""
     inf, k = ctx.inf, MODULE_KEYS
-    h2, _ = ctx.module.encode(
-        inf[k.GENE_IDS_KEY], inf[k.VALUES_KEY], inf[k.PADDING_MASK_KEY], inf[k.BATCH_INDEX_KEY]
+    return second_view_cce(
+        ctx.module,
+        inf[k.CELL_EMB_KEY],
+        inf[k.GENE_IDS_KEY],
+        inf[k.VALUES_KEY],
+        inf[k.PADDING_MASK_KEY],
+        inf[k.BATCH_INDEX_KEY],
     )
-    view = ctx.module.backbone.pool(h2, inf[k.VALUES_KEY], inf[k.PADDING_MASK_KEY])
-    return cce_loss(inf[k.CELL_EMB_KEY], view)
 
 
 OBJECTIVES: dict[str, Objective] = {
