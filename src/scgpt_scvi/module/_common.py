@@ -14,7 +14,6 @@ from ..nn import TokenBackbone, ecs_loss
 from ._config import SCGPTConfig
 from ._constants import MODULE_KEYS
 from ._objectives import (
-    HeadSpec,
     LossContext,
     per_cell_mse,
     run_heads,
@@ -28,7 +27,6 @@ __all__ = [
     "embed_cells",
     "family_loss",
     "generate",
-    "head_spec",
     "masked_encode",
     "parity_forward",
     "tokenize_columns",
@@ -53,23 +51,6 @@ def adopt_config(module: nn.Module, config: SCGPTConfig, gene_token_ids) -> None
     if gene_token_ids is None:
         gene_token_ids = torch.zeros(0, dtype=torch.long)
     module.register_buffer("gene_token_ids", torch.as_tensor(gene_token_ids, dtype=torch.long))
-
-
-def head_spec(config: SCGPTConfig, cond_width: int) -> HeadSpec:
-    """:class:`~scgpt_scvi.module.HeadSpec` of a config whose decoders are conditioned on
-    ``cond_width`` extra features."""
-    return HeadSpec(
-        d_model=config.d_model,
-        explicit_zero_prob=config.explicit_zero_prob,
-        cond_width=cond_width,
-        n_cls=config.n_cls,
-        nlayers_cls=config.nlayers_cls,
-        mvc_decoder_style=config.mvc_decoder_style,
-        num_batch_labels=config.num_batch_labels,
-        dab_nlayers=config.dab_nlayers,
-        dab_reverse_grad=config.dab_reverse_grad,
-        dab_lambd=config.dab_lambd,
-    )
 
 
 def draw_seed(module: nn.Module) -> int:

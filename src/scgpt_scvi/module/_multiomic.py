@@ -8,18 +8,20 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from ..nn import BatchLabelEncoder, ExprDecoder, MVCDecoder
-from ._common import adopt_config, head_spec
+from ._common import adopt_config
 from ._config import SCGPTConfig
 from ._masked import MaskedValueModule
-from ._objectives import build_heads
+from ._objectives import HeadSpec, build_heads
 
 __all__ = ["SCGPTMultiomicModule"]
 
 #: Heads conditioned on ``[batch_emb +] mod_emb``: the expression decoder reads
 #: ``[h, cond]`` (``2 d``), the MVC decoder ``[gene_embs, cond]`` queries (``2 d``).
 _MODALITY_HEADS = {
-    "mlm": lambda s: ExprDecoder(s.d_model, s.explicit_zero_prob, use_batch_labels=True),
-    "mvc": lambda s: MVCDecoder(2 * s.d_model, s.mvc_decoder_style, s.explicit_zero_prob),
+    "mlm": lambda s: ExprDecoder(s.config.d_model, s.config.explicit_zero_prob, True),
+    "mvc": lambda s: MVCDecoder(
+        2 * s.config.d_model, s.config.mvc_decoder_style, s.config.explicit_zero_prob
+    ),
 }
 
 
@@ -124,8 +126,7 @@ class SCGPTMultiomicModule(MaskedValueModule):
         self.mod_in_input, self.use_mod = mod_in_input, use_mod
         cond_width = config.d_model if use_mod or config.use_batch_labels else 0
         builders = _MODALITY_HEADS if use_mod else None
-        spec = head_spec(config, cond_width)
-        build_heads(self, self.OBJECTIVE_NAMES, spec, vars(config), builders)
+        build_heads(self, self.OBJECTIVE_NAMES, HeadSpec(config, cond_width), builders)
         if use_mod:
             self.mod_encoder = BatchLabelEncoder(
                 ntokens_mod, config.d_model, padding_idx=mod_pad_id

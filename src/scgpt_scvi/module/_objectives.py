@@ -30,6 +30,7 @@ from ..nn import (
     masked_mse_loss,
     masked_nonzero_nll,
 )
+from ._config import SCGPTConfig
 from ._constants import MODULE_KEYS
 
 __all__ = [
@@ -126,19 +127,12 @@ def per_cell_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
 # ---------------------------------------------------------------------- the registry
 @dataclass(frozen=True)
 class HeadSpec:
-    """What the head builders need to know of a module."""
+    """What the head builders read: the module's configuration, the width of what its
+    decoders are conditioned on (batch / modality embedding; 0 for none) and module-specific
+    ``extra`` options."""
 
-    d_model: int
-    explicit_zero_prob: bool = False
-    #: Width of what the decoders are conditioned on (batch / modality embedding), 0 for none.
+    config: SCGPTConfig
     cond_width: int = 0
-    n_cls: int = 1
-    nlayers_cls: int = 3
-    mvc_decoder_style: str = "inner product"
-    num_batch_labels: int | None = None
-    dab_nlayers: int = 3
-    dab_reverse_grad: bool = True
-    dab_lambd: float = 1.0
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -237,7 +231,9 @@ OBJECTIVES: dict[str, Objective] = {
             weight=1.0,
             weight_with_labels=RECONSTRUCTION_WEIGHT_WITH_LABELS,
             head="decoder",
-            build=lambda s: ExprDecoder(s.d_model, s.explicit_zero_prob, s.cond_width > 0),
+            build=lambda s: ExprDecoder(
+                s.config.d_model, s.config.explicit_zero_prob, s.cond_width > 0
+            ),
         ),
         Objective(  # cell-type classification
             "cls",
@@ -245,7 +241,9 @@ OBJECTIVES: dict[str, Objective] = {
                 ctx.gen[MODULE_KEYS.CLS_OUTPUT_KEY], ctx.labels.reshape(-1).long()
             ),
             head="cls_decoder",
-            build=lambda s: ClsDecoder(s.d_model, s.n_cls, nlayers=s.nlayers_cls),
+            build=lambda s: ClsDecoder(
+                s.config.d_model, s.config.n_cls, nlayers=s.config.nlayers_cls
+            ),
             applies=lambda ctx: ctx.labels is not None and ctx.module.n_cls > 1,
         ),
         Objective(  # masked value prediction from the cell embedding (GEPC)
@@ -255,7 +253,10 @@ OBJECTIVES: dict[str, Objective] = {
             weight_with_labels=RECONSTRUCTION_WEIGHT_WITH_LABELS,
             head="mvc_decoder",
             build=lambda s: MVCDecoder(
-                s.d_model, s.mvc_decoder_style, s.explicit_zero_prob, s.cond_width > 0
+                s.config.d_model,
+                s.config.mvc_decoder_style,
+                s.config.explicit_zero_prob,
+                s.cond_width > 0,
             ),
             option="do_mvc",
             applies=lambda ctx: MODULE_KEYS.MVC_OUTPUT_KEY in ctx.gen,
@@ -274,11 +275,11 @@ OBJECTIVES: dict[str, Objective] = {
             weight=DAB_WEIGHT,
             head="grad_reverse_discriminator",
             build=lambda s: AdversarialDiscriminator(
-                s.d_model,
-                s.num_batch_labels,
-                nlayers=s.dab_nlayers,
-                reverse_grad=s.dab_reverse_grad,
-                lambd=s.dab_lambd,
+                s.config.d_model,
+                s.config.num_batch_labels,
+                nlayers=s.config.dab_nlayers,
+                reverse_grad=s.config.dab_reverse_grad,
+                lambd=s.config.dab_lambd,
             ),
             option="do_dab",
             applies=lambda ctx: MODULE_KEYS.DAB_OUTPUT_KEY in ctx.gen,
@@ -291,16 +292,15 @@ def build_heads(
     module: nn.Module,
     names: Sequence[str],
     spec: HeadSpec,
-    options: Mapping[str, Any],
     builders: Mapping[str, Callable[[HeadSpec], nn.Module]] | None = None,
 ) -> None:
     """Build the heads of objectives ``names`` on ``module`` (in registry order), those whose
-    ``option`` is on in ``options``; ``builders`` replace the registry's builders."""
+    ``option`` is on in ``spec.config``; ``builders`` replace the registry's builders."""
     builders = builders or {}
     for obj in OBJECTIVES.values():
         if obj.name not in names or obj.head is None:
             continue
-        if obj.option is None or options.get(obj.option):
+        if obj.option is None or getattr(spec.config, obj.option):
             module.add_module(obj.head, builders.get(obj.name, obj.build)(spec))
 
 

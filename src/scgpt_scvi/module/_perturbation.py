@@ -24,10 +24,10 @@ from torch import nn
 
 from ..data import keyed_uniform, log_normalize
 from ..nn import AffineExprDecoder
-from ._common import adopt_config, draw_seed, family_loss, generate, head_spec, parity_forward
+from ._common import adopt_config, draw_seed, family_loss, generate, parity_forward
 from ._config import SCGPTConfig
 from ._constants import CELL_KEY, MODULE_KEYS, PERT_KEY, Tensors
-from ._objectives import build_heads
+from ._objectives import HeadSpec, build_heads
 
 __all__ = [
     "SCGPTPerturbationModule",
@@ -51,11 +51,11 @@ _UNSUPPORTED = ("do_dab", "use_batch_labels", "domain_spec_batchnorm", "input_em
 K = MODULE_KEYS
 
 
-def _affine_decoder(spec) -> AffineExprDecoder:
+def _affine_decoder(spec: HeadSpec) -> AffineExprDecoder:
     """scGPT's generator decodes with ``coeff * value + bias`` instead of an MLP."""
     return AffineExprDecoder(
-        spec.d_model,
-        explicit_zero_prob=spec.explicit_zero_prob,
+        spec.config.d_model,
+        explicit_zero_prob=spec.config.explicit_zero_prob,
         activation=spec.extra["decoder_activation"],
         adaptive_bias=spec.extra["decoder_adaptive_bias"],
     )
@@ -186,11 +186,12 @@ class SCGPTPerturbationModule(BaseModuleClass):
         defaults = {**PERTURBATION_DEFAULTS, "cls_value": options.get("pad_value", 0.0)}
         config = SCGPTConfig.from_options({"ntoken": ntoken, **options}, **defaults)
         adopt_config(self, config, gene_token_ids)
-        spec = head_spec(config, cond_width=0)
-        spec.extra.update(
-            decoder_activation=decoder_activation, decoder_adaptive_bias=decoder_adaptive_bias
-        )
-        build_heads(self, self.OBJECTIVE_NAMES, spec, vars(config), {"mlm": _affine_decoder})
+        extra = {
+            "decoder_activation": decoder_activation,
+            "decoder_adaptive_bias": decoder_adaptive_bias,
+        }
+        spec = HeadSpec(config, cond_width=0, extra=extra)
+        build_heads(self, self.OBJECTIVE_NAMES, spec, {"mlm": _affine_decoder})
         self.pert_pad_id, self.gene_selection = pert_pad_id, gene_selection
         self.normalize_counts = normalize_counts
         self.pert_encoder = nn.Embedding(3, config.d_model, padding_idx=pert_pad_id)

@@ -6,10 +6,10 @@ import torch
 from scvi import REGISTRY_KEYS
 
 from ..nn import pool_cells
-from ._common import adopt_config, head_spec
+from ._common import adopt_config
 from ._config import SCGPTConfig
 from ._masked import MaskedValueModule
-from ._objectives import OBJECTIVES, build_heads, head_groups
+from ._objectives import OBJECTIVES, HeadSpec, build_heads, head_groups
 
 __all__ = ["CHECKPOINT_HEAD_GROUPS", "SCGPTModule", "pool_cells"]
 
@@ -57,7 +57,7 @@ class SCGPTModule(MaskedValueModule):
         self.modality_keys, self.token_mod_ids = [REGISTRY_KEYS.X_KEY], None
         self.use_mod = self.mod_in_input = False
         cond_width = config.d_model if config.use_batch_labels else 0
-        build_heads(self, self.OBJECTIVE_NAMES, head_spec(config, cond_width), vars(config))
+        build_heads(self, self.OBJECTIVE_NAMES, HeadSpec(config, cond_width))
         self.backbone.reset_gene_embedding()
 
 
