@@ -31,6 +31,7 @@ __all__ = [
     "check_expression",
     "gene_overlap",
     "iter_rows",
+    "reorder_token_ids",
     "token_counts",
     "EmbeddingMixin",
     "SCGPTBaseMixin",
@@ -100,6 +101,24 @@ def token_counts(X, columns: np.ndarray) -> np.ndarray:
             n = (np.asarray(rows)[:, columns] > 0).sum(1)
         counts[start : start + rows.shape[0]] = n
     return counts
+
+
+def reorder_token_ids(
+    token_ids: torch.Tensor, ref: pd.Index, new: pd.Index, error: str
+) -> torch.Tensor | None:
+    """``token_ids`` (one per name of ``ref``) in the order of ``new``, the same names matched
+    by name; ``None`` when ``new`` is already ``ref``'s order.
+
+    Raises
+    ------
+    ValueError
+        With message ``error`` when ``new`` holds other names than ``ref``.
+    """
+    if new.equals(ref):
+        return None
+    if len(new) != len(ref) or set(new) != set(ref):
+        raise ValueError(error)
+    return token_ids[torch.as_tensor(ref.get_indexer(new))]
 
 
 def _bucketed_order(lengths: np.ndarray, batch_size: int) -> np.ndarray:

@@ -32,6 +32,7 @@ from ._base import (
     as_vocab,
     check_expression,
     gene_overlap,
+    reorder_token_ids,
 )
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
@@ -277,14 +278,13 @@ class SCGPTMultiomic(
             new = pd.Index(self._feature_tokens(arg, name, mdata))
             block = self.module.gene_token_ids[start : start + len(ref)]
             start += len(ref)
-            if not new.equals(ref):
-                if len(new) != len(ref) or set(new) != set(ref):
-                    raise ValueError(
-                        f"mdata[{name!r}] holds other features than the model was set up with; "
-                        "subset it to the model's features first."
-                    )
-                block, reordered = block[torch.as_tensor(ref.get_indexer(new))], True
-            blocks.append(block)
+            error = (
+                f"mdata[{name!r}] holds other features than the model was set up with; subset "
+                "it to the model's features first."
+            )
+            moved = reorder_token_ids(block, ref, new, error)
+            reordered |= moved is not None
+            blocks.append(block if moved is None else moved)
         return torch.cat(blocks) if reordered else None
 
     def _token_ids(

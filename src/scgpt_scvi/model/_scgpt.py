@@ -20,7 +20,13 @@ from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMix
 from ..data import GeneVocab, check_gene_id_type
 from ..module import SCGPTModule
 from ._analysis import SCGPTAnalysisMixin
-from ._base import SCRATCH_MODULE_DEFAULTS, EmbeddingMixin, SCGPTBaseMixin, check_expression
+from ._base import (
+    SCRATCH_MODULE_DEFAULTS,
+    EmbeddingMixin,
+    SCGPTBaseMixin,
+    check_expression,
+    reorder_token_ids,
+)
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
 from ._pretrain import pretrain_classmethod
@@ -170,16 +176,13 @@ class SCGPT(
     def _token_ids_of(self, adata: AnnData | None) -> torch.Tensor | None:
         """Vocabulary id of each of ``adata``'s genes when they come in another order than the
         module's (:meth:`_model_genes`), matched by name; ``None`` in the module's order."""
-        ref = self._model_genes()
-        new = self._gene_names(adata if adata is not None else self.adata)
-        if new.equals(ref):
-            return None
-        if len(new) != len(ref) or set(new) != set(ref):
-            raise ValueError(
-                "adata's genes differ from the genes the model was set up with; align them "
-                "with SCGPT.prepare_query_anndata(adata, model) or adata[:, model.adata.var_names]."
-            )
-        return self.module.gene_token_ids[torch.as_tensor(ref.get_indexer(new))]
+        return reorder_token_ids(
+            self.module.gene_token_ids,
+            self._model_genes(),
+            self._gene_names(adata if adata is not None else self.adata),
+            "adata's genes differ from the genes the model was set up with; align them with "
+            "SCGPT.prepare_query_anndata(adata, model) or adata[:, model.adata.var_names].",
+        )
 
     def predict(
         self,
