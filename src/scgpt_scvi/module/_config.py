@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ..nn import ATTENTION_BACKENDS, CELL_EMB_STYLES, DSBN_CHOICES
+from ..nn import ATTENTION_BACKENDS, CELL_EMB_STYLES, DSBN_CHOICES, TokenBackbone
 
 __all__ = ["SCGPTConfig", "args_keys", "config_fields"]
 
@@ -185,13 +186,8 @@ class SCGPTConfig:
         return cls(**{**defaults, **options})
 
     def backbone_kwargs(self) -> dict[str, Any]:
-        """Keywords of :class:`~scgpt_scvi.nn.TokenBackbone`."""
-        keys = (
-            "ntoken", "d_model", "nhead", "d_hid", "nlayers", "dropout", "pad_id",
-            "input_emb_style", "n_input_bins", "pad_value", "num_batch_labels",
-            "use_batch_labels", "domain_spec_batchnorm", "cell_emb_style", "pre_norm",
-            "attention_backend", "attention_dropout", "checkpoint_activations",
-        )  # fmt: skip
+        """Keywords of :class:`~scgpt_scvi.nn.TokenBackbone`: the options its signature names."""
+        keys = inspect.signature(TokenBackbone).parameters
         return {k: getattr(self, k) for k in keys}
 
 
