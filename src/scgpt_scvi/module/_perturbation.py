@@ -460,8 +460,7 @@ class SCGPTPerturbationModule(BaseModuleClass):
         inf = self.inference(
             targets=targets.to(self.device), control_index=control_index.to(self.device)
         )
-        keys = (K.H_KEY, K.CELL_EMB_KEY, K.GENE_EMBS_KEY, K.VALUES_KEY)
-        gen = self.generative(*(inf[k] for k in keys), do_mvc=False)
+        gen = self.generative(**self._get_generative_input({}, inf), do_mvc=False)
         cols = inf[K.COLUMNS_KEY]
         pred = gen[K.MLM_OUTPUT_KEY][:, 1 : 1 + cols.numel()]
         if K.MLM_NONZERO_PROB_KEY in gen:
