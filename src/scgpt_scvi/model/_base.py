@@ -29,6 +29,7 @@ __all__ = [
     "default_max_epochs",
     "as_vocab",
     "check_expression",
+    "warn_unexpressed",
     "gene_overlap",
     "iter_rows",
     "reorder_token_ids",
@@ -150,6 +151,19 @@ def check_expression(X, obs_names: pd.Index, what: str = "adata.X") -> np.ndarra
             rows.getnnz(axis=1) if sparse.issparse(rows) else (np.asarray(rows) > 0).sum(1)
         )
     return n_expressed
+
+
+def warn_unexpressed(n_expressed: np.ndarray, obs_names: pd.Index, what: str) -> None:
+    """Warn about the cells with no expressed feature (``n_expressed == 0``), which are embedded
+    from ``<cls>`` alone; ``what`` completes "N cells ...", e.g. ``"express no gene"``."""
+    if (n_expressed == 0).any():
+        empty = obs_names[n_expressed == 0]
+        warnings.warn(
+            f"{len(empty)} cells {what} (e.g. {list(empty[:3])}); they are embedded from <cls> "
+            "alone.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def gene_overlap(genes: pd.Index, vocab: GeneVocab) -> tuple[np.ndarray, dict]:
@@ -283,6 +297,16 @@ class SCGPTBaseMixin(PretrainedMixin):
     _default_batch_size = 32
     #: Module options a model from scratch gets unless given (beside its signature's).
     _module_defaults: Mapping = {}
+
+    @classmethod
+    def _register(cls, data, fields: list, setup_method_args: dict, **kwargs) -> None:
+        """Register ``fields`` of ``data`` (AnnData or MuData) with a new ``AnnDataManager``:
+        the last step of every setup method."""
+        from scvi.data import AnnDataManager
+
+        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(data, **kwargs)
+        cls.register_manager(adata_manager)
 
     def _vocabulary(self, vocab, genes: pd.Index) -> tuple[GeneVocab, np.ndarray]:
         """The vocabulary (:func:`as_vocab`) and the token id of each of ``genes``; keeps the

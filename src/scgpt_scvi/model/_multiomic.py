@@ -12,7 +12,6 @@ import pandas as pd
 import torch
 from mudata import MuData
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
 from scvi.data.fields import MuDataCategoricalObsField, MuDataLayerField, MuDataWrapper
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
@@ -33,6 +32,7 @@ from ._base import (
     check_expression,
     gene_overlap,
     reorder_token_ids,
+    warn_unexpressed,
 )
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
@@ -178,12 +178,13 @@ class SCGPTMultiomic(
     def setup_mudata(
         cls,
         mdata: MuData,
+        *,
+        modalities: dict[str, str] | None = None,
         rna_layer: str | None = None,
         protein_layer: str | None = None,
         atac_layer: str | None = None,
         batch_key: str | None = None,
         labels_key: str | None = None,
-        modalities: dict[str, str] | None = None,
         **kwargs,
     ) -> None:
         """Register a MuData: each modality is read from it as it is (no concatenation).
@@ -199,6 +200,9 @@ class SCGPTMultiomic(
         ----------
         mdata
             MuData with raw counts (or normalised values; tokens are binned per cell).
+        modalities
+            Setup argument -> MuData modality, e.g. ``{"rna_layer": "rna", "protein_layer":
+            "prot"}``; at least one of ``rna_layer``, ``protein_layer``, ``atac_layer``.
         rna_layer, protein_layer, atac_layer
             Layer of each modality to use (``None``: its ``X``).
         batch_key
@@ -206,9 +210,6 @@ class SCGPTMultiomic(
             ``mdata.obs``).
         labels_key
             ``obs`` column of cell types (switches the CLS objective on).
-        modalities
-            Setup argument -> MuData modality, e.g. ``{"rna_layer": "rna", "protein_layer":
-            "prot"}``; at least one of ``rna_layer``, ``protein_layer``, ``atac_layer``.
         **kwargs
             Passed to ``AnnDataManager.register_fields``.
         """
@@ -244,9 +245,7 @@ class SCGPTMultiomic(
             ),
             MuDataCellKeyObsField(),
         ]
-        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(mdata, **kwargs)
-        cls.register_manager(adata_manager)
+        cls._register(mdata, fields, setup_method_args, **kwargs)
 
     @classmethod
     def setup_anndata(cls, adata, *args, **kwargs) -> None:
@@ -342,14 +341,7 @@ def _check_values(mdata: MuData, chosen: dict[str, str], layers: dict[str, str |
         X = layer_matrix(bdata, layer, f"mdata[{name!r}]")
         what = f"mdata[{name!r}].layers[{layer!r}]" if layer else f"mdata[{name!r}].X"
         n_expressed += check_expression(X, bdata.obs_names, what)
-    if (n_expressed == 0).any():
-        empty = mdata.obs_names[n_expressed == 0]
-        warnings.warn(
-            f"{len(empty)} cells have no measured feature (e.g. {list(empty[:3])}); they are "
-            "embedded from <cls> alone.",
-            UserWarning,
-            stacklevel=3,
-        )
+    warn_unexpressed(n_expressed, mdata.obs_names, "have no measured feature")
 
 
 def _budgets(

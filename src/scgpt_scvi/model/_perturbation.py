@@ -18,7 +18,6 @@ import torch
 from anndata import AnnData
 from scipy import sparse
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass, UnsupervisedTrainingMixin
 
@@ -311,9 +310,7 @@ class SCGPTPerturbation(
             CategoricalObsField(PERT_KEY, perturbation_key),
             CellKeyObsField(),
         ]
-        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
-        cls.register_manager(adata_manager)
+        cls._register(adata, fields, setup_method_args, **kwargs)
 
     # ------------------------------------------------------------------ pretrained
     # ------------------------------------------------------------------ prediction

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -13,7 +12,6 @@ import pandas as pd
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
-from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import ArchesMixin, BaseModelClass, UnsupervisedTrainingMixin
 
@@ -26,6 +24,7 @@ from ._base import (
     SCGPTBaseMixin,
     check_expression,
     reorder_token_ids,
+    warn_unexpressed,
 )
 from ._checks import check_cells, check_obs_keys, layer_matrix
 from ._fields import CellKeyObsField
@@ -154,23 +153,14 @@ class SCGPT(
         keys = {"batch_key": batch_key, "labels_key": labels_key}
         check_obs_keys(adata.obs, keys, transfer="source_registry" in kwargs)
         n_expressed = check_expression(X, adata.obs_names, f"layers[{layer!r}]" if layer else "X")
-        if (n_expressed == 0).any():
-            empty = adata.obs_names[n_expressed == 0]
-            warnings.warn(
-                f"{len(empty)} cells express no gene (e.g. {list(empty[:3])}); they are embedded "
-                "from <cls> alone.",
-                UserWarning,
-                stacklevel=2,
-            )
+        warn_unexpressed(n_expressed, adata.obs_names, "express no gene")
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
             CellKeyObsField(),
         ]
-        adata_manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
-        cls.register_manager(adata_manager)
+        cls._register(adata, fields, setup_method_args, **kwargs)
 
     # ------------------------------------------------------------------ outputs
     def _token_ids_of(self, adata: AnnData | None) -> torch.Tensor | None:

@@ -9,15 +9,7 @@ from scvi import REGISTRY_KEYS
 from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 
 from ..data import TokenizedBatch
-from ._common import (
-    draw_seed,
-    embed_cells,
-    family_loss,
-    generate,
-    masked_encode,
-    parity_forward,
-    tokenize_columns,
-)
+from . import _common
 from ._constants import CELL_KEY, MODULE_KEYS, OptTensor, Tensor, Tensors
 
 __all__ = ["MaskedValueModule"]
@@ -59,11 +51,13 @@ class MaskedValueModule(BaseModuleClass):
         """
         ids = self.gene_token_ids if gene_token_ids is None else gene_token_ids.to(x.device)
         if not self.modality_sizes:
-            return tokenize_columns(self, x, ids, cell_keys, seed, self.max_seq_len)
+            return _common.tokenize_columns(self, x, ids, cell_keys, seed, self.max_seq_len)
         blocks, start = [], 0
         for size, budget in zip(self.modality_sizes, self.modality_max_tokens):
             columns = slice(start, start + size)
-            block = tokenize_columns(self, x[:, columns], ids[columns], cell_keys, seed, budget + 1)
+            block = _common.tokenize_columns(
+                self, x[:, columns], ids[columns], cell_keys, seed, budget + 1
+            )
             index = block.gene_index[:, 1:]
             block.gene_index = torch.cat(
                 [block.gene_index[:, :1], torch.where(index >= 0, index + start, index)], 1
@@ -137,7 +131,7 @@ class MaskedValueModule(BaseModuleClass):
 
     # ---------------------------------------------------------------- pipeline
     def _draw_seed(self) -> int:
-        return draw_seed(self)
+        return _common.draw_seed(self)
 
     def cell_embedding(
         self, h: torch.Tensor, values: torch.Tensor, padding_mask: torch.Tensor
@@ -169,7 +163,7 @@ class MaskedValueModule(BaseModuleClass):
         :data:`~scgpt_scvi.module.MODULE_KEYS`). ``gene_token_ids``: each column's vocabulary
         id when the columns are not in the module's order.
         """
-        out = masked_encode(self, x, batch_index, cell_keys, mask_ratio, gene_token_ids)
+        out = _common.masked_encode(self, x, batch_index, cell_keys, mask_ratio, gene_token_ids)
         mod_types = self.modality_types(out[K.GENE_IDS_KEY])
         if mod_types is not None:
             out[K.MOD_TYPES_KEY] = mod_types
@@ -193,7 +187,7 @@ class MaskedValueModule(BaseModuleClass):
         (+ ``mvc_nonzero_prob``) and ``dab_output`` as the module has them (``do_sample``: see
         :func:`~scgpt_scvi.module.generate`)."""
         inputs = self.head_inputs(h, cell_emb, gene_embs, batch_index, mod_types)
-        return generate(self, inputs, do_mvc, do_sample)
+        return _common.generate(self, inputs, do_mvc, do_sample)
 
     def loss(
         self, tensors: Tensors, inference_outputs: Tensors, generative_outputs: Tensors, **weights
@@ -232,7 +226,9 @@ class MaskedValueModule(BaseModuleClass):
         inf = inference_outputs
         target, mask = inf[K.TARGET_VALUES_KEY], inf[K.MLM_MASK_KEY]
         groups = self.loss_groups(inf)
-        return family_loss(self, tensors, inf, generative_outputs, target, mask, groups, weights)
+        return _common.family_loss(
+            self, tensors, inf, generative_outputs, target, mask, groups, weights
+        )
 
     def loss_groups(self, inference_outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """Group id of every position whose MLM / MVC errors are normalised and weighted apart:
@@ -251,7 +247,7 @@ class MaskedValueModule(BaseModuleClass):
     ) -> torch.Tensor:
         """Cell embeddings ``(B, d)`` of a minibatch (L2-normalised with ``normalize``;
         ``gene_token_ids``: each column's vocabulary id when the columns are not the module's)."""
-        return embed_cells(self, tensors, normalize, gene_token_ids)
+        return _common.embed_cells(self, tensors, normalize, gene_token_ids)
 
     @torch.inference_mode()
     def cell_type_probabilities(
@@ -292,7 +288,9 @@ class MaskedValueModule(BaseModuleClass):
         def inputs(cell_emb):
             return self.head_inputs(h, cell_emb, gene_embs, batch_labels, mod_types)
 
-        return parity_forward(self, h, gene_embs, values, padding_mask, inputs, view, **flags)
+        return _common.parity_forward(
+            self, h, gene_embs, values, padding_mask, inputs, view, **flags
+        )
 
 
 def _join_blocks(blocks: list[TokenizedBatch]) -> TokenizedBatch:
