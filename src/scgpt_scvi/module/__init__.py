@@ -2,6 +2,8 @@
 
 from ._common import (
     adopt_config,
+    config_getattr,
+    config_setattr,
     draw_seed,
     embed_cells,
     family_loss,
@@ -52,6 +54,8 @@ __all__ = [
     "SCGPTMultiomicModule",
     "SCGPTPerturbationModule",
     "adopt_config",
+    "config_getattr",
+    "config_setattr",
     "args_keys",
     "build_heads",
     "config_fields",

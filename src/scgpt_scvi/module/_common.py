@@ -23,6 +23,8 @@ from ._objectives import (
 
 __all__ = [
     "adopt_config",
+    "config_getattr",
+    "config_setattr",
     "draw_seed",
     "embed_cells",
     "family_loss",
@@ -33,15 +35,16 @@ __all__ = [
 ]
 
 K = MODULE_KEYS
+#: Option names of :class:`SCGPTConfig` (read through :func:`config_getattr`).
+_CONFIG_FIELDS = frozenset(f.name for f in dataclasses.fields(SCGPTConfig))
 
 
 def adopt_config(module: nn.Module, config: SCGPTConfig, gene_token_ids) -> None:
-    """Give ``module`` its configuration (``module.config`` and each option as an attribute),
-    training counters, the mounted :class:`~scgpt_scvi.nn.TokenBackbone` and the
-    ``gene_token_ids`` buffer (``(n_vars,)`` vocabulary id of each input column, -1: none)."""
+    """Give ``module`` its configuration (``module.config``; each option reads as an attribute
+    through :func:`config_getattr`), training counters, the mounted
+    :class:`~scgpt_scvi.nn.TokenBackbone` and the ``gene_token_ids`` buffer (``(n_vars,)``
+    vocabulary id of each input column, -1: none)."""
     module.config = config
-    for f in dataclasses.fields(config):
-        setattr(module, f.name, getattr(config, f.name))
     #: Incremented by the training plan each epoch so masking and sampling are redrawn.
     module.epoch = 0
     #: Mask in eval mode too: the training plan sets it while validating, so the validation
@@ -51,6 +54,28 @@ def adopt_config(module: nn.Module, config: SCGPTConfig, gene_token_ids) -> None
     if gene_token_ids is None:
         gene_token_ids = torch.zeros(0, dtype=torch.long)
     module.register_buffer("gene_token_ids", torch.as_tensor(gene_token_ids, dtype=torch.long))
+
+
+def config_getattr(module: nn.Module, name: str):
+    """``__getattr__`` of the family's modules: ``nn.Module``'s lookup (parameters, buffers,
+    submodules), then the option ``name`` of ``module.config``. Options are read from the one
+    configuration, never copied, so what ``save_pretrained`` writes cannot go stale."""
+    try:
+        return nn.Module.__getattr__(module, name)
+    except AttributeError:
+        config = module.__dict__.get("config")
+        if config is None or name not in _CONFIG_FIELDS:
+            raise
+        return getattr(config, name)
+
+
+def config_setattr(module: nn.Module, name: str, value) -> None:
+    """``__setattr__`` of the family's modules: setting an option (``module.n_bins = 5``) sets
+    it in ``module.config``; anything else is ``nn.Module``'s."""
+    if name in _CONFIG_FIELDS and "config" in module.__dict__:
+        setattr(module.config, name, value)
+    else:
+        nn.Module.__setattr__(module, name, value)
 
 
 def draw_seed(module: nn.Module) -> int:

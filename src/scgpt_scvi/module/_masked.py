@@ -33,6 +33,9 @@ class MaskedValueModule(BaseModuleClass):
 
     #: Objectives (entries of :data:`~scgpt_scvi.module.OBJECTIVES`) the module trains.
     OBJECTIVE_NAMES = ("mlm", "cls", "mvc", "cce", "ecs", "dab")
+    # options read from (and written to) ``self.config``, never copied
+    __getattr__ = _common.config_getattr
+    __setattr__ = _common.config_setattr
 
     # ---------------------------------------------------------------- tokens -> states
     def tokenize(

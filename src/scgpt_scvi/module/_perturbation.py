@@ -24,7 +24,15 @@ from torch import nn
 
 from ..data import keyed_uniform, log_normalize
 from ..nn import AffineExprDecoder
-from ._common import adopt_config, draw_seed, family_loss, generate, parity_forward
+from ._common import (
+    adopt_config,
+    config_getattr,
+    config_setattr,
+    draw_seed,
+    family_loss,
+    generate,
+    parity_forward,
+)
 from ._config import SCGPTConfig
 from ._constants import CELL_KEY, MODULE_KEYS, PERT_KEY, Tensors
 from ._objectives import HeadSpec, build_heads
@@ -150,6 +158,9 @@ class SCGPTPerturbationModule(BaseModuleClass):
     #: Objectives (entries of :data:`~scgpt_scvi.module.OBJECTIVES`) this module trains (the
     #: CLS head is built, as the original's, but has no labels to train on here).
     OBJECTIVE_NAMES = ("mlm", "cls", "mvc", "ecs")
+    # options read from (and written to) ``self.config``, never copied
+    __getattr__ = config_getattr
+    __setattr__ = config_setattr
 
     def __init__(
         self,
