@@ -126,16 +126,19 @@ class TokenBackbone(nn.Module):
                 f"choose one of {DSBN_CHOICES}."
             )
         self.input_emb_style, self.cell_emb_style = input_emb_style, cell_emb_style
-        self.pad_id = pad_id
+        self.pad_id, self.use_batch_labels = pad_id, use_batch_labels
+        #: ``"dsbn"`` (one BatchNorm per batch), ``"bn"`` (one BatchNorm) or ``None``: the
+        #: normalisation of the token embeddings, and the name of its part.
+        self.norm = {True: "dsbn", "dsbn": "dsbn", "batchnorm": "bn"}.get(domain_spec_batchnorm)
         self.encoder = GeneEncoder(ntoken, d_model, padding_idx=pad_id)
         self.value_encoder = make_value_encoder(
             input_emb_style, d_model, dropout, n_input_bins, pad_value
         )
         if use_batch_labels:
             self.batch_encoder = BatchLabelEncoder(num_batch_labels, d_model)
-        if domain_spec_batchnorm in (True, "dsbn"):
+        if self.norm == "dsbn":
             self.dsbn = DomainSpecificBatchNorm1d(d_model, num_batch_labels, eps=6.1e-5)
-        elif domain_spec_batchnorm == "batchnorm":
+        elif self.norm == "bn":
             self.bn = TokenBatchNorm1d(d_model, eps=6.1e-5)
         self.transformer_encoder = TransformerEncoder(
             nlayers,
@@ -166,11 +169,11 @@ class TokenBackbone(nn.Module):
     @property
     def needs_batch(self) -> bool:
         """Whether :meth:`forward` or :meth:`batch_emb` read batch labels."""
-        return hasattr(self, "batch_encoder") or hasattr(self, "dsbn")
+        return self.use_batch_labels or self.norm == "dsbn"
 
     def batch_emb(self, batch_index: torch.Tensor | None) -> torch.Tensor | None:
         """``(B, d)`` batch embedding, or ``None`` without ``use_batch_labels``."""
-        if not hasattr(self, "batch_encoder"):
+        if not self.use_batch_labels:
             return None
         return self.batch_encoder(batch_index.reshape(-1).long())
 
@@ -195,9 +198,9 @@ class TokenBackbone(nn.Module):
         x = gene_embs * v if self.input_emb_style == "scaling" else gene_embs + v
         if extra_embs is not None:
             x = x + extra_embs
-        if hasattr(self, "dsbn"):
+        if self.norm == "dsbn":
             x = self.dsbn(x, batch_index, keep=~padding_mask)
-        elif hasattr(self, "bn"):
+        elif self.norm == "bn":
             x = self.bn(x, keep=~padding_mask)
         return self.transformer_encoder(x, padding_mask), gene_embs
 
