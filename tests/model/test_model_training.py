@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 
 import numpy as np
@@ -10,6 +11,15 @@ import torch
 from lightning.pytorch import Callback
 
 from scgpt_scvi import SCGPT
+from scgpt_scvi.model import _base as model_base
+from scgpt_scvi.model._base import (
+    EPOCHS_MAX,
+    EPOCHS_MIN,
+    FINETUNE_EPOCHS_MAX,
+    MIN_STEPS,
+    TRAINING_FLOP_BUDGET,
+    default_max_epochs,
+)
 from scgpt_scvi.model._training import LAST_CHECKPOINT, SPLIT_FILE
 
 TINY = {"d_model": 16, "nhead": 2, "d_hid": 16, "nlayers": 1, "max_seq_len": 12, "dropout": 0.1}
@@ -120,3 +130,35 @@ def test_zero_epochs_is_an_error_and_leaves_the_model_untrained(make_model):
     with pytest.raises(ValueError, match="max_epochs must be >= 1"):
         model.train(**{**FIT, "max_epochs": 0})
     assert not model.is_trained_ and model.history_ is None
+
+
+# ---------------------------------------------------------------- default training length
+def test_default_epochs_fill_the_budget_when_data_are_large():
+    flop = TRAINING_FLOP_BUDGET / (50_000 * 8)  # the budget holds 8 passes over 50,000 cells
+    assert default_max_epochs(50_000, flop) == 8
+    assert default_max_epochs(5_000_000, flop) == EPOCHS_MIN
+
+
+def test_default_epochs_give_small_data_the_minimum_steps():
+    flop = TRAINING_FLOP_BUDGET / (200 * 30)  # the budget alone: 30 epochs of 200 cells
+    steps_per_epoch = math.ceil(200 / 32)
+    epochs = default_max_epochs(200, flop)
+    assert epochs == math.ceil(MIN_STEPS / steps_per_epoch) > 30
+    assert (epochs - 1) * steps_per_epoch < MIN_STEPS <= epochs * steps_per_epoch
+    assert default_max_epochs(20, flop) == EPOCHS_MAX  # 1 step an epoch: capped
+    # fine-tuning a pretrained model keeps scGPT's few epochs
+    assert default_max_epochs(200, flop, pretrained=True) == FINETUNE_EPOCHS_MAX
+
+
+def test_train_sizes_epochs_with_its_batch_size(make_model, monkeypatch):
+    seen = {}
+
+    def fake(n_cells, flop, pretrained=False, budget=None, batch_size=32):
+        seen.update(n_cells=n_cells, pretrained=pretrained, batch_size=batch_size)
+        return 1
+
+    monkeypatch.setattr(model_base, "default_max_epochs", fake)
+    model = make_model()
+    model.train(**{**FIT, "max_epochs": None})
+    assert seen == {"n_cells": N_OBS - 4, "pretrained": False, "batch_size": BATCH}
+    assert len(model.history_["train_loss"]) == 1
