@@ -105,7 +105,7 @@ class SCGPTPerturbation(
         the model's own (residual) prediction. The deltas are recomputed from the AnnData
         given at construction and at :meth:`load`. The default: on held-out Norman doubles
         (``benchmarks/bench_defaults.py --tasks norman``, 3 seeds) it scores Pearson-delta
-        0.878 (0.871 to 0.884) against the additive baseline's 0.870, and ``"direct"`` 0.831
+        0.877 (0.869 to 0.884) against the additive baseline's 0.870, and ``"direct"`` 0.831
         (0.76 to 0.92 with the seed).
     **module_options
         :class:`~scgpt_scvi.module.SCGPTPerturbationModule` options: architecture
