@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
         runs[key] = {
             "cells_per_s": round(adata.n_obs / seconds, 1),
             "peak_cuda_mib": _peak_mib(device),
-            "share_of_half_matmul_rate": round(
-                gflop_embed / seconds / 1e3 / rate_half, 4
-            ),
+            "share_of_half_matmul_rate": round(gflop_embed / seconds / 1e3 / rate_half, 4),
         }
         if report["published_bf16_peak_tflops"]:
             runs[key]["share_of_published_bf16_peak"] = round(
@@ -263,9 +261,7 @@ def main(argv: list[str] | None = None) -> dict:
             "precision": half,
             "cells_per_s": round(B / seconds, 1),
             "peak_cuda_mib": _peak_mib(device),
-            "share_of_half_matmul_rate": round(
-                gflop / seconds / 1e3 / rate_half, 4
-            ),
+            "share_of_half_matmul_rate": round(gflop / seconds / 1e3 / rate_half, 4),
             "kernels": _kernels(step),
         }
         if report["published_bf16_peak_tflops"]:

@@ -8,7 +8,7 @@ import pytest
 
 CONFTEST = Path(__file__).resolve().parent / "conftest.py"
 
-TESTS = '''
+TESTS = """
 import pytest
 
 def test_parity(shared_dir):
@@ -22,14 +22,14 @@ def test_gpu():
 
 def test_plain():
     pass
-'''
+"""
 
-EXTRA_CONFTEST = '''
+EXTRA_CONFTEST = """
 
 @pytest.fixture
 def shared_dir_path():
     return str(_shared_path())
-'''
+"""
 
 
 @pytest.fixture

@@ -67,9 +67,7 @@ def test_bucketing_gives_identical_embeddings_in_the_asked_order(model):
     indices = np.random.default_rng(1).permutation(adata.n_obs)[:50]
     lengths = model._token_lengths(adata, indices)
     assert lengths.min() < 5 and lengths.max() > 40  # the batches really are ragged
-    plain = model._collect(
-        lambda t: model.module.embed(t), adata, indices, 16, bucket=False
-    )
+    plain = model._collect(lambda t: model.module.embed(t), adata, indices, 16, bucket=False)
     bucketed = model.get_latent_representation(indices=indices, batch_size=16)
     np.testing.assert_allclose(bucketed, plain, rtol=0, atol=2e-6)
     one_by_one = np.concatenate(
