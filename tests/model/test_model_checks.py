@@ -9,6 +9,7 @@ import mudata as md
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from scgpt_scvi import SCGPT, SCGPTMultiomic, SCGPTPerturbation
 
@@ -134,3 +135,29 @@ def test_setup_mudata_missing_labels_column():
             mdata, rna_layer="counts", labels_key="ct", modalities={"rna_layer": "rna"}
         )
     assert not any(c.startswith("_scvi") for c in mdata.obs.columns)
+
+
+# ---------------------------------------------------------------------- training input
+QUIET = {"enable_progress_bar": False, "enable_model_summary": False}
+
+
+def test_fewer_cells_than_batch_size_warns_and_trains(make_adata):
+    adata = make_adata(n_obs=20)
+    SCGPT.setup_anndata(adata)
+    model = SCGPT(adata, **TINY)
+    with pytest.warns(UserWarning, match=r"Only 18 training cells, fewer than batch_size=32"):
+        model.train(max_epochs=1, **QUIET)
+    assert model.is_trained_
+    assert len(model.history["train_loss"]) == 1
+
+
+def test_training_a_trained_model_says_it_continues(make_adata):
+    adata = make_adata()
+    SCGPT.setup_anndata(adata)
+    model = SCGPT(adata, **TINY)
+    model.train(max_epochs=1, batch_size=8, **QUIET)
+    before = {k: v.clone() for k, v in model.module.state_dict().items()}
+    with pytest.warns(UserWarning, match="already trained: train\\(\\) continues from its current"):
+        model.train(max_epochs=1, batch_size=8, **QUIET)
+    changed = [k for k, v in model.module.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed  # the second call trained (it did not skip)
